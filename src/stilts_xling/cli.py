@@ -1,0 +1,148 @@
+"""The `stilts` command. Parses arguments, loads the config, calls the pipeline; no logic of its own."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from .config import ConfigError, ExperimentConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="English intermediate-task training (STILTs) and zero-shot cross-lingual evaluation "
+                       "on XTREME. Every command takes a YAML config and key.sub=value overrides.")
+
+CONFIG = typer.Argument(..., help="YAML experiment config, e.g. configs/smoke.yaml", exists=False)
+OVERRIDES = typer.Argument(None, help="key.sub=value overrides, e.g. seed=2 intermediate.train.lr=2e-5")
+
+
+def _load(config: Path, overrides: Optional[List[str]]) -> ExperimentConfig:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    """User errors (bad data, missing files, bad config) end with one clear message and exit code 2."""
+    from .readers import DataError
+
+    try:
+        fn()
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _check_data_or_exit(cfg: ExperimentConfig, phases: tuple[str, ...]) -> None:
+    from .pipeline import check_data
+
+    problems = check_data(cfg, phases)
+    if problems:
+        typer.echo(f"error: {len(problems)} data file(s) missing:\n  " + "\n  ".join(problems), err=True)
+        raise typer.Exit(2)
+
+
+@app.command("train-intermediate")
+def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Phase 2: train the encoder on English intermediate task(s); saves <run_dir>/intermediate/encoder.
+
+    Example: stilts train-intermediate configs/intermediate/mnli.yaml seed=2
+    """
+    from . import pipeline
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    _check_data_or_exit(cfg, ("intermediate",))
+    _guard(lambda: print(f"encoder saved to {pipeline.train_intermediate(pipeline.start(cfg))}"))
+
+
+@app.command("eval-xtreme")
+def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Phase 3: fine-tune on each target's English data, evaluate zero-shot on every language.
+
+    Example: stilts eval-xtreme configs/xtreme.yaml xtreme.encoder=runs/mnli/intermediate/encoder
+    """
+    from . import pipeline
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    _check_data_or_exit(cfg, ("xtreme",))
+
+    def go() -> None:
+        ctx = pipeline.start(cfg)
+        pipeline.eval_xtreme(ctx)
+        print(pipeline.summary(ctx))
+
+    _guard(go)
+
+
+@app.command("run")
+def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """All phases: load the model, intermediate training, then XTREME evaluation.
+
+    Example: HF_HUB_OFFLINE=1 stilts run configs/smoke.yaml
+    """
+    from . import pipeline
+
+    cfg = _load(config, overrides)
+    _setup_logging()
+    _check_data_or_exit(cfg, ("intermediate", "xtreme"))
+
+    def go() -> None:
+        ctx = pipeline.start(cfg)
+        pipeline.train_intermediate(ctx)
+        pipeline.eval_xtreme(ctx)
+        print(pipeline.summary(ctx))
+
+    _guard(go)
+
+
+@app.command("validate")
+def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Check a config (keys, types, values, task names, data files) without running anything.
+
+    Example: stilts validate configs/xtreme.yaml data_dir=/data/xtreme
+    """
+    from .pipeline import check_data
+
+    cfg = _load(config, overrides)
+    missing = check_data(cfg, ("intermediate", "xtreme"))
+    if missing:
+        typer.echo(f"config OK, but {len(missing)} data file(s) are missing:\n  " + "\n  ".join(missing))
+        if cfg.data_source == "files":
+            raise typer.Exit(1)
+    typer.echo(f"{config}: OK")
+
+
+@app.command("tasks")
+def tasks() -> None:
+    """List every task: family, phase, languages, selection metric and data source.
+
+    Example: stilts tasks
+    """
+    from .tasks.registry import TASKS
+
+    rows = [("task", "family", "phases", "langs", "metric", "files", "hub")]
+    for spec in TASKS.values():
+        langs = f"{len(spec.languages)}" if len(spec.languages) > 3 else ",".join(spec.languages)
+        rows.append((spec.name, spec.family, "+".join(spec.phases), langs, spec.metric,
+                     f"{spec.files.folder}/ ({spec.files.reader})" if spec.files else "-",
+                     spec.hub.path + (f" [{spec.hub.name}]" if spec.hub and spec.hub.name else "") if spec.hub else "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,326 @@
+"""Typed experiment configuration: YAML -> dataclasses, strictly.
+
+`load_config(path, overrides)` reports every problem at once (unknown keys with a did-you-mean, wrong
+types, bad values, unknown task names), each naming its key path, and raises `ConfigError`. Relative
+paths in a config are resolved against the current directory, like any command-line tool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; `problems` lists every one found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n{lines}")
+
+
+@dataclass
+class ModelConfig:
+    # A hub id or local directory for AutoModel/AutoTokenizer, or "tiny:<architecture>" for a small
+    # random model with the bundled tokenizer (offline runs, tests, CI).
+    name: str = "xlm-roberta-large"
+    tokenizer: Optional[str] = None  # defaults to `name`
+    tiny_layers: int = 2
+    tiny_hidden: int = 32
+    tiny_heads: int = 2
+    # Random-init weights of the named architecture (benchmarks without a checkpoint download).
+    random_init: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyperparameters. `None` means: the task's default from the registry (facts.md 1.6)."""
+
+    epochs: Optional[float] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None  # effective batch (examples per optimizer step)
+    micro_batch_size: Optional[int] = None  # per forward pass; batch_size / micro = accumulation steps
+    max_length: Optional[int] = None
+    weight_decay: Optional[float] = None
+    warmup: Optional[float] = None  # fraction of the total steps
+    max_grad_norm: Optional[float] = None
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, debugging)
+    eval_every: Optional[int] = None  # optimizer steps between dev evaluations; 0 = once per epoch
+    eval_subset: Optional[int] = None  # dev examples used for model selection; 0 = all
+    patience: Optional[int] = None  # evaluations without improvement before stopping; 0 = never stop
+
+
+TRAIN_DEFAULTS = TrainConfig(
+    epochs=3, lr=1e-5, batch_size=32, micro_batch_size=None, max_length=256, weight_decay=0.01,
+    warmup=0.1, max_grad_norm=1.0, max_steps=None, eval_every=1000, eval_subset=500, patience=30,
+)
+
+
+def merge_train(*layers: Optional[TrainConfig]) -> TrainConfig:
+    """Later layers win where they set a value (defaults < task spec < config < per-task override)."""
+    out = dataclasses.replace(TRAIN_DEFAULTS)
+    for layer in layers:
+        if layer is None:
+            continue
+        for f in dataclasses.fields(TrainConfig):
+            value = getattr(layer, f.name)
+            if value is not None:
+                setattr(out, f.name, value)
+    return out
+
+
+@dataclass
+class TaskOptions:
+    max_train_examples: Optional[int] = None  # cap on training examples (data-volume studies)
+    train_fraction: Optional[float] = None  # or a fraction of them, taken after a seeded shuffle
+    data_dir: Optional[str] = None  # this task's files, if not under <data_dir>/<task's folder>
+
+
+@dataclass
+class SamplerConfig:
+    kind: Literal["proportional", "uniform", "capped", "temperature"] = "proportional"
+    cap: Optional[int] = None  # examples cap for "capped" (jiant's train_examples_cap)
+    temperature: float = 2.0  # p ~ n^(1/T) for "temperature"
+
+
+@dataclass
+class IntermediateConfig:
+    tasks: list[str] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    task_options: dict[str, TaskOptions] = field(default_factory=dict)
+
+
+@dataclass
+class XtremeConfig:
+    # Encoder to fine-tune: a directory or hub id. Default: the run's intermediate encoder when
+    # intermediate tasks are configured, else model.name (the baseline).
+    encoder: Optional[str] = None
+    tasks: list[str] = field(default_factory=lambda: ["xnli"])
+    languages: dict[str, list[str]] = field(default_factory=dict)  # per-task subset; default: all
+    splits: list[Literal["dev", "test"]] = field(default_factory=lambda: ["dev"])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task_overrides: dict[str, TrainConfig] = field(default_factory=dict)
+    task_options: dict[str, TaskOptions] = field(default_factory=dict)
+    qa_score: Literal["em_f1", "f1"] = "em_f1"  # how QA enters the XTREME score (evaluate.py: em_f1)
+
+
+@dataclass
+class ExperimentConfig:
+    run_dir: str = "runs/default"
+    seed: int = 1
+    data_dir: str = "data"  # root of the original downloads; each task has its own sub-folder
+    data_source: Literal["files", "hub"] = "files"
+    offline: bool = False  # never touch the network (also implied by HF_HUB_OFFLINE=1)
+    bf16: bool = True  # bf16 autocast when a CUDA device is present; ignored on CPU
+    num_workers: int = 0  # tokenization/collation workers
+    model: ModelConfig = field(default_factory=ModelConfig)
+    intermediate: IntermediateConfig = field(default_factory=IntermediateConfig)
+    xtreme: XtremeConfig = field(default_factory=XtremeConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strict conversion of plain YAML data into the dataclasses above.
+
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path, errors)
+    if origin is Literal:
+        if value not in args:
+            errors.append(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}{_suggest(value, args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a list, got {_describe(value)}")
+            return []
+        return [_convert(v, args[0], f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {_describe(value)}")
+            return {}
+        return {str(k): _convert(v, args[1], f"{path}.{k}", errors) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _to_dataclass(value, tp, path, errors)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" as a string; accept it as the number the user meant.
+            return float(value)
+        except ValueError:
+            pass
+    if tp in _SCALARS and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        errors.append(f"{path}: expected {_SCALARS[tp]}, got {_describe(value)}")
+    return value
+
+
+def _to_dataclass(data: Any, cls: type, path: str, errors: list[str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{path or 'top level'}: expected a mapping of keys, got {_describe(data)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            errors.append(f"{key_path}: unknown key{_suggest(key, names)}")
+            continue
+        kwargs[key] = _convert(value, hints[key], key_path, errors)
+    return cls(**kwargs)
+
+
+def _suggest(word: Any, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
+    """Semantic checks that need the task registry; type checks already happened."""
+    from .tasks import registry
+
+    def check_tasks(names: list[str], key: str, phase: str) -> None:
+        for i, name in enumerate(names):
+            try:
+                spec = registry.get_task(name)
+            except KeyError as err:
+                errors.append(f"{key}[{i}]: {err.args[0]}")
+                continue
+            if phase not in spec.phases:
+                errors.append(f"{key}[{i}]: {name!r} is not a {phase} task (it is one of: {', '.join(spec.phases)})")
+
+    check_tasks(cfg.intermediate.tasks, "intermediate.tasks", "intermediate")
+    check_tasks(cfg.xtreme.tasks, "xtreme.tasks", "xtreme")
+    for key, table, allowed in [
+        ("intermediate.task_options", cfg.intermediate.task_options, cfg.intermediate.tasks),
+        ("xtreme.task_options", cfg.xtreme.task_options, cfg.xtreme.tasks),
+        ("xtreme.task_overrides", cfg.xtreme.task_overrides, cfg.xtreme.tasks),
+        ("xtreme.languages", cfg.xtreme.languages, cfg.xtreme.tasks),
+    ]:
+        for name in table:
+            if name not in allowed:
+                errors.append(f"{key}.{name}: {name!r} is not among the configured tasks{_suggest(name, allowed)}")
+    for name, langs in cfg.xtreme.languages.items():
+        if name in registry.TASKS:
+            known = registry.TASKS[name].languages
+            for lang in langs:
+                if lang not in known:
+                    errors.append(f"xtreme.languages.{name}: {lang!r} is not a {name} language "
+                                  f"(choose from {', '.join(known)}){_suggest(lang, known)}")
+    for key, train in [("intermediate.train", cfg.intermediate.train), ("xtreme.train", cfg.xtreme.train),
+                       *((f"xtreme.task_overrides.{k}", v) for k, v in cfg.xtreme.task_overrides.items())]:
+        for fname in ("epochs", "lr", "batch_size", "micro_batch_size", "max_length", "max_steps"):
+            value = getattr(train, fname)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                errors.append(f"{key}.{fname}: must be positive, got {value}")
+        if isinstance(train.warmup, float) and not 0 <= train.warmup < 1:
+            errors.append(f"{key}.warmup: a fraction of the steps in [0, 1), got {train.warmup}")
+        if (isinstance(train.batch_size, int) and isinstance(train.micro_batch_size, int)
+                and train.micro_batch_size > 0 and train.batch_size % train.micro_batch_size):
+            errors.append(f"{key}: batch_size {train.batch_size} is not a multiple of micro_batch_size "
+                          f"{train.micro_batch_size}")
+    for key, options in [*((f"intermediate.task_options.{k}", v) for k, v in cfg.intermediate.task_options.items()),
+                         *((f"xtreme.task_options.{k}", v) for k, v in cfg.xtreme.task_options.items())]:
+        if options.train_fraction is not None and not 0 < options.train_fraction <= 1:
+            errors.append(f"{key}.train_fraction: must be in (0, 1], got {options.train_fraction}")
+    if cfg.model.name.startswith("tiny:"):
+        from .model import TINY_ARCHITECTURES
+
+        arch = cfg.model.name[len("tiny:"):]
+        if arch not in TINY_ARCHITECTURES:
+            errors.append(f"model.name: unknown tiny architecture {arch!r} (choose from "
+                          f"{', '.join(TINY_ARCHITECTURES)}){_suggest(arch, TINY_ARCHITECTURES)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading, overrides, saving.
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError("override", [f"{text!r}: overrides look like key.sub=value (e.g. seed=2)"])
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(str(path), [f"config file not found: {path.resolve()}"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(str(path), [f"malformed YAML at {where}: {err.problem}; check the indentation "
+                                      "and quoting there"]) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [f"malformed YAML: {err}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"the top level must be a mapping of keys, got {_describe(data)}"])
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    data = read_yaml(path)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value)
+    errors: list[str] = []
+    cfg = _to_dataclass(data, ExperimentConfig, "", errors)
+    if not errors:  # semantic checks assume the types are right
+        _check_values(cfg, errors)
+    if errors:
+        raise ConfigError(str(path), errors)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    text = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

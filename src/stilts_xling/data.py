@@ -1,0 +1,182 @@
+"""Examples from the original files or the hub; features; length-grouped batches; collation."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ExperimentConfig, TaskOptions
+from .languages import ISO639_3, LANGUAGE_NAMES
+from .readers import READERS, DataError
+from .tasks.base import TaskSpec
+
+
+def _format(template: str, lang: Optional[str]) -> str:
+    lang = lang or "en"
+    return template.format(lang=lang, lang3=ISO639_3.get(lang, lang), Lang=LANGUAGE_NAMES.get(lang, lang))
+
+
+def task_dir(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[TaskOptions] = None) -> Path:
+    if options and options.data_dir:
+        return Path(options.data_dir)
+    return Path(cfg.data_dir) / spec.files.folder
+
+
+def split_paths(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentConfig,
+                options: Optional[TaskOptions] = None) -> list[Path]:
+    """The file(s) holding one split; a tuple of paths in the spec means they are concatenated."""
+    if spec.files is None or split not in spec.files.splits:
+        raise DataError(f"task {spec.name!r} has no {split!r} split in its original files")
+    entry = spec.files.splits[split]
+    names = entry if isinstance(entry, tuple) else (entry,)
+    root = task_dir(spec, cfg, options)
+    return [root / _format(name, lang) for name in names]
+
+
+def missing_files(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentConfig,
+                  options: Optional[TaskOptions] = None) -> list[str]:
+    """Human-readable lines for each expected file that is absent (for `validate` and run start-up)."""
+    if cfg.data_source == "hub" or spec.files is None or split not in spec.files.splits:
+        return []
+    out = []
+    for path in split_paths(spec, split, lang, cfg, options):
+        if not path.is_file():
+            hint = spec.files.hint.format(dir=task_dir(spec, cfg, options))
+            out.append(f"{spec.name} {split}{f' [{lang}]' if lang else ''}: expected {path}; {hint}")
+    return out
+
+
+def load_examples(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentConfig,
+                  options: Optional[TaskOptions] = None) -> list[dict]:
+    if cfg.data_source == "hub":
+        return _load_hub(spec, split, lang, cfg)
+    missing = missing_files(spec, split, lang, cfg, options)
+    if missing:
+        raise DataError("missing data file:\n  " + "\n  ".join(missing))
+    examples = []
+    for path in split_paths(spec, split, lang, cfg, options):
+        examples.extend(READERS[spec.files.reader](path, lang))
+    return examples
+
+
+def _load_hub(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentConfig) -> list[dict]:
+    import datasets
+
+    hub = spec.hub
+    if hub is None or split not in hub.splits:
+        raise DataError(f"task {spec.name!r} has no hub source for split {split!r}; use data_source: files")
+    name = _format(hub.name, lang) if hub.name else None
+    try:
+        ds = datasets.load_dataset(hub.path, name, split=_format(hub.splits[split], lang))
+    except Exception as err:  # the hub raises many types; all mean "could not get it"
+        raise DataError(f"could not load {hub.path}/{name} split {hub.splits[split]!r} from the hub ({err}); "
+                        f"run `stilts prepare` online first, or use data_source: files") from err
+    label_names = _label_names(ds, hub.fields.get("label"))
+    prefix = _format(hub.id_prefix, lang) if hub.id_prefix else None
+    examples = []
+    for i, row in enumerate(ds):
+        ex = {key: _get(row, column) for key, column in hub.fields.items()}
+        ex.setdefault("id", str(row.get("id", f"{split}-{i}")))
+        if prefix and not str(ex["id"]).startswith(prefix):
+            continue
+        if label_names is not None and "label" in ex:
+            if ex["label"] is None or ex["label"] < 0:  # unlabeled rows (MNLI test, SNLI "-")
+                if split == "train":
+                    continue
+                ex["label"] = None
+            else:
+                ex["label"] = label_names[ex["label"]]
+        examples.append(ex)
+    if not examples:
+        raise DataError(f"{hub.path}/{name} split {hub.splits[split]!r} gave no examples")
+    return examples
+
+
+def _label_names(ds: Any, column: Optional[str]) -> Optional[list[str]]:
+    feature = ds.features.get(column) if column else None
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def _get(row: dict, column: str) -> Any:
+    for part in column.split("."):  # nested hub columns, e.g. "question.stem"
+        row = row[part]
+    return row
+
+
+def subsample(examples: list[dict], options: Optional[TaskOptions], seed: int) -> list[dict]:
+    """Data-volume control: a seeded random subset, identical across runs with the same seed."""
+    if options is None or (options.max_train_examples is None and options.train_fraction is None):
+        return examples
+    n = len(examples)
+    if options.train_fraction is not None:
+        n = max(1, round(n * options.train_fraction))
+    if options.max_train_examples is not None:
+        n = min(n, options.max_train_examples)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:n])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batching and collation.
+
+
+def feature_length(feature: dict) -> int:
+    ids = feature["input_ids"]
+    return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+    """Batches of similar length: padding waste stays small without losing randomness.
+
+    Shuffled mode sorts within windows of 50 batches, then shuffles the batch order (the HF
+    LengthGroupedSampler idea). Unshuffled mode (evaluation) sorts everything by length."""
+    order = list(range(len(lengths)))
+    if not shuffle:
+        order.sort(key=lambda i: lengths[i])
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    window = batch_size * 50
+    grouped = []
+    for start in range(0, len(order), window):
+        grouped.extend(sorted(order[start:start + window], key=lambda i: -lengths[i]))
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# Keys that become tensors, with their padding value ("pad" = the tokenizer's pad id).
+_PAD = {"input_ids": "pad", "labels": -100, "token_type_ids": 0}
+_SCALAR_KEYS = {"labels", "start_positions", "end_positions"}
+
+
+def collate(features: list[dict], pad_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (rounded up to `multiple_of` for tensor cores)."""
+    longest = max(feature_length(f) for f in features)
+    width = -(-longest // multiple_of) * multiple_of
+    batch = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if key in _SCALAR_KEYS and not isinstance(values[0], list):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        elif key in _PAD:
+            pad = pad_id if _PAD[key] == "pad" else _PAD[key]
+            batch[key] = _pad(values, width, pad)
+    batch["attention_mask"] = _pad([_ones(f["input_ids"]) for f in features], width, 0)
+    return batch
+
+
+def _ones(ids: list) -> list:
+    return [_ones(x) for x in ids] if ids and isinstance(ids[0], list) else [1] * len(ids)
+
+
+def _pad(values: list, width: int, pad: int) -> torch.Tensor:
+    if values and values[0] and isinstance(values[0][0], list):  # [batch][choices][tokens]
+        return torch.stack([_pad(v, width, pad) for v in values])
+    out = torch.full((len(values), width), pad, dtype=torch.long)
+    for row, seq in enumerate(values):
+        out[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out

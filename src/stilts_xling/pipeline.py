@@ -1,0 +1,238 @@
+"""The three phases. Each writes under `run_dir` and skips work whose results already exist."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import config as config_mod
+from .config import ExperimentConfig, merge_train
+from .data import load_examples, missing_files, subsample
+from .evaluate import evaluate
+from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, tokenizer_source
+from .results import append_rows, metric_rows, read_rows, versions
+from .tasks.base import TaskSpec
+from .tasks.registry import family_of, get_task
+from .train import TaskData, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    cfg: ExperimentConfig
+    run_dir: Path
+    config_hash: str
+    accelerator: Any
+
+    @property
+    def results(self) -> Path:
+        return self.run_dir / "results.jsonl"
+
+    def row_base(self, phase: str, task: str, **extra: Any) -> dict:
+        return {"run": self.run_dir.name, "phase": phase, "intermediate": list(self.cfg.intermediate.tasks),
+                "task": task, **extra, "seed": self.cfg.seed, "model": self.cfg.model.name,
+                "config_hash": self.config_hash, "versions": versions()}
+
+
+def start(cfg: ExperimentConfig) -> Context:
+    """Create the run dir and save the resolved config (a changed config is kept beside the first)."""
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    digest = config_mod.config_hash(cfg)
+    text = config_mod.dump_yaml(cfg)
+    first = run_dir / "config.yaml"
+    target = first if not first.exists() or first.read_text(encoding="utf-8") == text else run_dir / f"config-{digest}.yaml"
+    target.write_text(text, encoding="utf-8")
+    set_seed(cfg.seed)
+    import torch
+
+    return Context(cfg, run_dir, digest, Accelerator(cpu=not torch.cuda.is_available()))
+
+
+def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
+    """Every expected-but-missing file for the requested phases, so a run fails at once, not hours in."""
+    problems = []
+    if "intermediate" in phases:
+        for name in cfg.intermediate.tasks:
+            spec, opts = get_task(name), cfg.intermediate.task_options.get(name)
+            for split in ("train", spec.dev_split):
+                problems += missing_files(spec, split, "en", cfg, opts)
+    if "xtreme" in phases:
+        for name in cfg.xtreme.tasks:
+            spec, opts = get_task(name), cfg.xtreme.task_options.get(name)
+            source = get_task(spec.train_task) if spec.train_task else spec
+            if family_of(spec).name != "retrieval":
+                for split in ("train", source.dev_split):
+                    problems += missing_files(source, split, "en", cfg, None if spec.train_task else opts)
+            for lang in target_languages(cfg, spec):
+                for split in cfg.xtreme.splits:
+                    if spec.files and split in spec.files.splits:
+                        problems += missing_files(spec, split, lang, cfg, opts)
+    return list(dict.fromkeys(problems))
+
+
+def target_languages(cfg: ExperimentConfig, spec: TaskSpec) -> tuple[str, ...]:
+    return tuple(cfg.xtreme.languages.get(spec.name, spec.languages))
+
+
+def _features(spec: TaskSpec, examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
+    return family_of(spec).featurize(spec, examples, tokenizer, max_length)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 2
+
+
+def intermediate_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.run_dir) / "intermediate"
+
+
+def train_intermediate(ctx: Context) -> Optional[Path]:
+    cfg = ctx.cfg
+    if not cfg.intermediate.tasks:
+        log.info("no intermediate tasks configured: nothing to train")
+        return None
+    out = intermediate_dir(cfg) / "encoder"
+    done = intermediate_dir(cfg) / "done.json"
+    if done.exists() and out.exists():
+        log.info("intermediate training already finished: %s (delete %s to retrain)", out, done)
+        return out
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
+    specs = [get_task(n) for n in cfg.intermediate.tasks]
+    tasks = []
+    for spec in specs:
+        hp = merge_train(spec.train, cfg.intermediate.train)
+        opts = cfg.intermediate.task_options.get(spec.name)
+        train_ex = subsample(load_examples(spec, "train", "en", cfg, opts), opts, cfg.seed)
+        dev_ex = load_examples(spec, spec.dev_split, "en", cfg, opts)
+        tasks.append(TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
+                              _features(spec, dev_ex, tokenizer, hp.max_length)))
+        log.info("%s: %d train / %d dev examples", spec.name, len(train_ex), len(dev_ex))
+    # One task: its own defaults drive the optimizer; several: the phase's config over global defaults.
+    phase_hp = merge_train(specs[0].train if len(specs) == 1 else None, cfg.intermediate.train)
+    encoder = load_encoder(cfg.model.name, cfg.model, tokenizer)
+    model = MultiTaskModel(encoder, specs)
+    result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
+                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks))
+    model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
+    rows = []
+    for task in tasks:  # full dev sets for the record; selection used the subset
+        metrics, _ = evaluate(model, task.spec, task.dev_examples, task.dev_features, "en",
+                              (task.hp.micro_batch_size or task.hp.batch_size) * 2, ctx.accelerator.device,
+                              tokenizer.pad_token_id, cfg.bf16)
+        rows += metric_rows(ctx.row_base("intermediate", task.spec.name, language="en", split=task.spec.dev_split,
+                                         best_step=result.best_step), metrics)
+        print(f"intermediate {task.spec.name} dev: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    if ctx.accelerator.is_main_process:
+        save_encoder(model.encoder, tokenizer, out)
+        append_rows(ctx.results, rows)
+        (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
+        done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 3
+
+
+def encoder_source(cfg: ExperimentConfig) -> str:
+    if cfg.xtreme.encoder:
+        return cfg.xtreme.encoder
+    if cfg.intermediate.tasks:
+        enc = intermediate_dir(cfg) / "encoder"
+        if not enc.exists():
+            raise ValueError(f"no intermediate encoder at {enc}: run `stilts train-intermediate CONFIG` first, "
+                             "or set xtreme.encoder=<dir or hub id> (e.g. xtreme.encoder=xlm-roberta-large for "
+                             "the baseline)")
+        return str(enc)
+    return cfg.model.name
+
+
+def _finished(ctx: Context, spec: TaskSpec) -> set[tuple[str, str]]:
+    return {(r["language"], r["split"]) for r in read_rows(ctx.results)
+            if r.get("phase") == "xtreme" and r.get("task") == spec.name and r.get("seed") == ctx.cfg.seed
+            and r.get("config_hash") == ctx.config_hash}
+
+
+def eval_xtreme(ctx: Context) -> None:
+    cfg = ctx.cfg
+    source = encoder_source(cfg)
+    for name in cfg.xtreme.tasks:
+        spec = get_task(name)
+        wanted = {(lang, split) for lang in target_languages(cfg, spec) for split in cfg.xtreme.splits
+                  if spec.files is None or split in spec.files.splits}
+        if wanted <= _finished(ctx, spec):
+            print(f"{name}: all {len(wanted)} results already in {ctx.results}; skipping")
+            continue
+        runner = getattr(family_of(spec), "run_target", None) or fine_tune_target
+        runner(ctx, spec, source)
+
+
+def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
+    """Fresh head, train on English, select on English dev, evaluate every language zero-shot."""
+    cfg = ctx.cfg
+    tok_source = tokenizer_source(cfg.model) if source.startswith("tiny:") else (cfg.model.tokenizer or source)
+    tokenizer = load_tokenizer(tok_source)
+    train_spec = get_task(spec.train_task) if spec.train_task else spec
+    opts = cfg.xtreme.task_options.get(spec.name)
+    hp = merge_train(spec.train, cfg.xtreme.train, cfg.xtreme.task_overrides.get(spec.name))
+    train_ex = subsample(load_examples(train_spec, "train", "en", cfg, None if spec.train_task else opts), opts,
+                         cfg.seed)
+    dev_ex = load_examples(train_spec, train_spec.dev_split, "en", cfg, None if spec.train_task else opts)
+    task = TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
+                    _features(spec, dev_ex, tokenizer, hp.max_length))
+    log.info("%s: training on %d %s examples", spec.name, len(train_ex), train_spec.name)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    model = MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec])
+    result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
+                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}")
+    model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
+    done = _finished(ctx, spec)
+    batch = (hp.micro_batch_size or hp.batch_size) * 2
+    for lang in target_languages(cfg, spec):
+        for split in cfg.xtreme.splits:
+            if (spec.files and split not in spec.files.splits) or (lang, split) in done:
+                continue
+            examples = load_examples(spec, split, lang, cfg, opts)
+            features = _features(spec, examples, tokenizer, hp.max_length)
+            metrics, _ = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
+                                  tokenizer.pad_token_id, cfg.bf16)
+            if ctx.accelerator.is_main_process:
+                append_rows(ctx.results, metric_rows(ctx.row_base(
+                    "xtreme", spec.name, language=lang, split=split, encoder=source,
+                    train_task=train_spec.name, best_step=result.best_step), metrics))
+            print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+
+
+def summary(ctx: Context) -> str:
+    """A task x language table of each task's selection metric, from this config's rows."""
+    rows = [r for r in read_rows(ctx.results) if r.get("phase") == "xtreme" and r.get("config_hash") == ctx.config_hash
+            and r.get("seed") == ctx.cfg.seed]
+    lines = []
+    for split in ctx.cfg.xtreme.splits:
+        for name in ctx.cfg.xtreme.tasks:
+            metric = get_task(name).metric
+            values = {r["language"]: r["value"] for r in rows
+                      if r["task"] == name and r["split"] == split and r["metric"] == metric}
+            if not values:
+                continue
+            langs = [lang for lang in target_languages(ctx.cfg, get_task(name)) if lang in values]
+            avg = sum(values[lang] for lang in langs) / len(langs)
+            lines.append(f"\n{name} {split} {metric}")
+            lines.append("| " + " | ".join(langs + ["avg"]) + " |")
+            lines.append("|" + "---|" * (len(langs) + 1))
+            lines.append("| " + " | ".join(f"{values[lang]:.1f}" for lang in langs) + f" | {avg:.1f} |")
+    return "\n".join(lines) or "no XTREME results yet"

@@ -1,0 +1,1 @@
+"""Tasks: declarative specs grouped by family (see base.py)."""

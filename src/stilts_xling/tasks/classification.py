@@ -1,0 +1,82 @@
+"""Sentence(-pair) classification: NLI, paraphrase. A head on the pooled first token, cross-entropy."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import metrics
+from ..config import TrainConfig
+from ..languages import XTREME_LANGUAGES
+from .base import FileSource, HubSource, TaskSpec, pooled_head
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+_SCORERS = {
+    "accuracy": lambda preds, golds: metrics.accuracy(preds, golds),
+    "accuracy_f1": lambda preds, golds: metrics.accuracy_f1(preds, golds, positive="1"),
+}
+
+
+class ClassificationFamily:
+    name = "classification"
+
+    def featurize(self, spec: TaskSpec, examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
+        label_ids = {label: i for i, label in enumerate(spec.labels)}
+        firsts = [ex["text_a"] for ex in examples]
+        seconds = [ex["text_b"] for ex in examples]
+        # Single-sentence tasks have text_b None everywhere; the tokenizer wants all-or-nothing.
+        pair = seconds if any(s is not None for s in seconds) else None
+        encoded = tokenizer(firsts, pair, truncation=True, max_length=max_length)["input_ids"]
+        return [{"input_ids": ids, "labels": label_ids[ex["label"]] if ex["label"] is not None else -100,
+                 "example_index": i} for i, (ids, ex) in enumerate(zip(encoded, examples))]
+
+    def make_head(self, spec: TaskSpec, hidden_size: int) -> torch.nn.Module:
+        return pooled_head(hidden_size, len(spec.labels))
+
+    def forward(self, head, hidden, pooled, batch):
+        logits = head(pooled)
+        labels = batch.get("labels")
+        if labels is None or bool((labels == -100).all()):
+            return None, logits
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100), logits
+
+    def predict(self, spec, examples, features, logits):
+        return {examples[f["example_index"]]["id"]: spec.labels[int(torch.as_tensor(row).argmax())]
+                for f, row in zip(features, logits)}
+
+    def score(self, spec, predictions, examples, lang):
+        gold = [ex for ex in examples if ex["label"] is not None]
+        return _SCORERS[spec.scorer]([predictions[ex["id"]] for ex in gold], [ex["label"] for ex in gold])
+
+
+FAMILY = ClassificationFamily()
+
+_MNLI_HINT = "download https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip and unzip it into {dir}"
+_XNLI_HINT = "download https://dl.fbaipublicfiles.com/XNLI/XNLI-1.0.zip and unzip it into {dir}"
+_NLI_FIELDS = {"text_a": "premise", "text_b": "hypothesis", "label": "label"}
+
+TASKS = [
+    TaskSpec(
+        name="mnli", family="classification", phases=("intermediate",), metric="accuracy",
+        description="MultiNLI 3-way entailment (also XNLI's English training data)",
+        labels=NLI_LABELS,
+        files=FileSource(folder="mnli", reader="mnli_jsonl", hint=_MNLI_HINT, splits={
+            "train": "multinli_1.0/multinli_1.0_train.jsonl",
+            "dev": "multinli_1.0/multinli_1.0_dev_matched.jsonl",
+            "dev_mismatched": "multinli_1.0/multinli_1.0_dev_mismatched.jsonl"}),
+        hub=HubSource(path="nyu-mll/multi_nli", fields=_NLI_FIELDS, splits={
+            "train": "train", "dev": "validation_matched", "dev_mismatched": "validation_mismatched"}),
+        train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="xnli", family="classification", phases=("xtreme",), metric="accuracy", group="classification",
+        description="XNLI: trained on English MNLI, evaluated zero-shot in 15 languages",
+        labels=NLI_LABELS, languages=XTREME_LANGUAGES["xnli"], train_task="mnli",
+        files=FileSource(folder="xnli", reader="xnli_tsv", hint=_XNLI_HINT, splits={
+            "dev": "XNLI-1.0/xnli.dev.tsv", "test": "XNLI-1.0/xnli.test.tsv"}),
+        hub=HubSource(path="facebook/xnli", name="{lang}", fields=_NLI_FIELDS,
+                      splits={"dev": "validation", "test": "test"}),
+        train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+]

@@ -1,0 +1,172 @@
+"""One flat training loop. Single-task training is multi-task training with one task.
+
+Each optimizer step samples a task (sampling.py), accumulates `batch_size / micro_batch_size` micro
+batches of that task, clips, steps AdamW and the linear schedule. Every `eval_every` steps the model is
+scored on a dev subset of every task; the best state (mean of the tasks' selection metrics) is kept and
+restored at the end (jiant's load_best_model), with early stopping after `patience` evaluations.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import SamplerConfig, TrainConfig
+from .data import collate, feature_length, length_grouped_batches
+from .evaluate import autocast, evaluate
+from .sampling import task_probabilities, total_steps
+from .tasks.base import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    hp: TrainConfig  # resolved: batch_size, micro_batch_size, epochs, max_length for this task
+    train: list[dict]  # features
+    dev_examples: list[dict] = field(default_factory=list)
+    dev_features: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    best_step: int
+    best_score: float
+    dev_metrics: dict[str, dict[str, float]]  # task -> metrics at the best step
+    history: list[dict]
+
+
+class _Stream:
+    """Endless, reshuffled-per-epoch micro batches of one task's features."""
+
+    def __init__(self, features: list[dict], micro: int, seed: int):
+        self.features, self.micro, self.seed, self.epoch = features, micro, seed, 0
+        self.lengths = [feature_length(f) for f in features]
+        self.queue: list[list[int]] = []
+
+    def next(self) -> list[dict]:
+        if not self.queue:
+            self.queue = length_grouped_batches(self.lengths, self.micro, shuffle=True, seed=self.seed + self.epoch)
+            self.epoch += 1
+        return [self.features[i] for i in self.queue.pop()]
+
+
+def _dev_subset(task: TaskData, size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A fixed random subset of dev examples (and their features) for model selection."""
+    if not size or len(task.dev_examples) <= size:
+        return task.dev_examples, task.dev_features
+    keep = set(random.Random(seed).sample(range(len(task.dev_examples)), size))
+    examples = [ex for i, ex in enumerate(task.dev_examples) if i in keep]
+    remap = {old: new for new, old in enumerate(sorted(keep))}
+    features = [{**f, "example_index": remap[f["example_index"]]} for f in task.dev_features
+                if f["example_index"] in keep]
+    return examples, features
+
+
+def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    # No weight decay on biases and LayerNorm weights (jiant / BERT convention): those are the 1-D tensors.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=hp.lr, eps=1e-8, fused=fused)
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
+          pad_id: int, seed: int, bf16: bool = True, desc: str = "train",
+          on_eval: Optional[Any] = None) -> TrainResult:
+    device = accelerator.device
+    names = [t.spec.name for t in tasks]
+    by_name = {t.spec.name: t for t in tasks}
+    sizes = {t.spec.name: len(t.train) for t in tasks}
+    steps = total_steps(sizes, {n: by_name[n].hp.epochs for n in names},
+                        {n: by_name[n].hp.batch_size for n in names}, sampler, hp.max_steps)
+    probs = task_probabilities(sizes, sampler)
+    micro = {n: by_name[n].hp.micro_batch_size or by_name[n].hp.batch_size for n in names}
+    accum = {n: max(1, by_name[n].hp.batch_size // micro[n]) for n in names}
+    streams = {n: _Stream(by_name[n].train, micro[n], seed + i) for i, n in enumerate(names)}
+    dev = {n: _dev_subset(by_name[n], hp.eval_subset, seed) for n in names}
+    eval_every = hp.eval_every or math.ceil(steps / max(1.0, max(by_name[n].hp.epochs for n in names)))
+
+    optimizer = _optimizer(model, hp, fused=device.type == "cuda")
+    scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rng = random.Random(seed)
+    best = TrainResult(best_step=-1, best_score=-math.inf, dev_metrics={}, history=[])
+    best_state, bad_evals = None, 0
+    loss_sums = {n: torch.zeros((), device=device) for n in names}
+    loss_counts = {n: 0 for n in names}
+    seen_examples, seen_tokens, started = 0, 0, time.perf_counter()
+
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    for step in bar:
+        task = rng.choices(names, weights=[probs[n] for n in names])[0]
+        for _ in range(accum[task]):
+            features = streams[task].next()
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(features, pad_id).items()}
+            with autocast(device, bf16):
+                loss, _ = model(task, batch)
+            accelerator.backward(loss / accum[task])
+            loss_sums[task] += loss.detach()  # stays on device: no host sync per step
+            seen_examples += len(features)
+            seen_tokens += sum(feature_length(f) for f in features)
+        loss_counts[task] += accum[task]
+        if hp.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if step % 20 == 0 or step == steps:  # one host sync per 20 steps for the progress bar
+            elapsed = time.perf_counter() - started
+            losses = {n: (loss_sums[n] / loss_counts[n]).item() for n in names if loss_counts[n]}
+            bar.set_postfix(loss=f"{sum(losses.values()) / max(1, len(losses)):.4f}",
+                            ex_s=f"{seen_examples / elapsed:.0f}", tok_s=f"{seen_tokens / elapsed:.0f}")
+            best.history.append({"step": step, "lr": scheduler.get_last_lr()[0],
+                                 **{f"loss/{n}": v for n, v in losses.items()}})
+            loss_sums = {n: torch.zeros((), device=device) for n in names}
+            loss_counts = {n: 0 for n in names}
+
+        if step % eval_every == 0 or step == steps:
+            metrics = {}
+            for n in names:
+                examples, features = dev[n]
+                if examples:
+                    metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
+                                             micro[n] * 2, device, pad_id, bf16)
+            scores = [metrics[n][by_name[n].spec.metric] for n in metrics]
+            score = sum(scores) / len(scores) if scores else float(step)  # no dev data: the last state wins
+            best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
+            if on_eval:
+                on_eval(step, metrics)
+            log.info("step %d: dev %s", step, {n: m[by_name[n].spec.metric] for n, m in metrics.items()})
+            if score > best.best_score:
+                best.best_step, best.best_score, best.dev_metrics = step, score, metrics
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in
+                              accelerator.unwrap_model(model).state_dict().items()}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+                if hp.patience and bad_evals >= hp.patience:
+                    log.info("early stopping at step %d: no dev improvement in %d evaluations", step, bad_evals)
+                    break
+    bar.close()
+    if best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
+    return best
