@@ -32,7 +32,13 @@ def split_paths(spec: TaskSpec, split: str, lang: Optional[str], cfg: Experiment
     entry = spec.files.splits[split]
     names = entry if isinstance(entry, tuple) else (entry,)
     root = task_dir(spec, cfg, options)
-    return [root / _format(name, lang) for name in names]
+    paths = []
+    for name in names:
+        pattern = _format(name, lang)
+        # Globs gather every treebank of a language (XTREME concatenates UD_English-EWT, -GUM, ...).
+        matches = sorted(root.glob(pattern)) if "*" in pattern else []
+        paths.extend(matches or [root / pattern])
+    return paths
 
 
 def missing_files(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentConfig,
