@@ -46,11 +46,14 @@ def missing_files(spec: TaskSpec, split: str, lang: Optional[str], cfg: Experime
     """Human-readable lines for each expected file that is absent (for `validate` and run start-up)."""
     if cfg.data_source == "hub" or spec.files is None or split not in spec.files.splits:
         return []
+    entry = spec.files.splits[split]
+    per_lang = lang and "{lang" in "".join(entry if isinstance(entry, tuple) else (entry,))
     out = []
     for path in split_paths(spec, split, lang, cfg, options):
         if not path.is_file():
             hint = spec.files.hint.format(dir=task_dir(spec, cfg, options))
-            out.append(f"{spec.name} {split}{f' [{lang}]' if lang else ''}: expected {path}; {hint}")
+            # A file shared by all languages (XNLI's tsv) is listed once, not once per language.
+            out.append(f"{spec.name} {split}{f' [{lang}]' if per_lang else ''}: expected {path}; {hint}")
     return out
 
 
@@ -79,7 +82,7 @@ def _load_hub(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentCo
     except Exception as err:  # the hub raises many types; all mean "could not get it"
         raise DataError(f"could not load {hub.path}/{name} split {hub.splits[split]!r} from the hub ({err}); "
                         f"run `stilts prepare` online first, or use data_source: files") from err
-    label_names = _label_names(ds, hub.fields.get("label"))
+    label_names = list(hub.label_names) if hub.label_names else _label_names(ds, hub.fields.get("label"))
     prefix = _format(hub.id_prefix, lang) if hub.id_prefix else None
     examples = []
     for i, row in enumerate(ds):

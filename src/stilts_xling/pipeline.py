@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import config as config_mod
-from .config import ExperimentConfig, merge_train
+from .config import ExperimentConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, tokenizer_source
@@ -68,6 +68,8 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
             spec, opts = get_task(name), cfg.intermediate.task_options.get(name)
             for split in ("train", spec.dev_split):
                 problems += missing_files(spec, split, "en", cfg, opts)
+            for extra in spec.extra_train:
+                problems += missing_files(get_task(extra), "train", "en", cfg)
     if "xtreme" in phases:
         for name in cfg.xtreme.tasks:
             spec, opts = get_task(name), cfg.xtreme.task_options.get(name)
@@ -84,6 +86,14 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
 
 def target_languages(cfg: ExperimentConfig, spec: TaskSpec) -> tuple[str, ...]:
     return tuple(cfg.xtreme.languages.get(spec.name, spec.languages))
+
+
+def _train_examples(spec: TaskSpec, cfg: ExperimentConfig, opts: Optional[TaskOptions]) -> list[dict]:
+    """The task's English training set plus any `extra_train` tasks' (ANLI+), then the volume cap."""
+    examples = load_examples(spec, "train", "en", cfg, opts)
+    for extra in spec.extra_train:
+        examples += load_examples(get_task(extra), "train", "en", cfg)
+    return subsample(examples, opts, cfg.seed)
 
 
 def _features(spec: TaskSpec, examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
@@ -114,7 +124,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     for spec in specs:
         hp = merge_train(spec.train, cfg.intermediate.train)
         opts = cfg.intermediate.task_options.get(spec.name)
-        train_ex = subsample(load_examples(spec, "train", "en", cfg, opts), opts, cfg.seed)
+        train_ex = _train_examples(spec, cfg, opts)
         dev_ex = load_examples(spec, spec.dev_split, "en", cfg, opts)
         tasks.append(TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
                               _features(spec, dev_ex, tokenizer, hp.max_length)))
@@ -187,8 +197,9 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     train_spec = get_task(spec.train_task) if spec.train_task else spec
     opts = cfg.xtreme.task_options.get(spec.name)
     hp = merge_train(spec.train, cfg.xtreme.train, cfg.xtreme.task_overrides.get(spec.name))
-    train_ex = subsample(load_examples(train_spec, "train", "en", cfg, None if spec.train_task else opts), opts,
-                         cfg.seed)
+    train_ex = _train_examples(train_spec, cfg, None if spec.train_task else opts)
+    if spec.train_task:  # the volume cap set on the target still applies to its borrowed training data
+        train_ex = subsample(train_ex, opts, cfg.seed)
     dev_ex = load_examples(train_spec, train_spec.dev_split, "en", cfg, None if spec.train_task else opts)
     task = TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
                     _features(spec, dev_ex, tokenizer, hp.max_length))

@@ -39,6 +39,7 @@ class HubSource:
     splits: dict[str, str] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
     id_prefix: Optional[str] = None  # keep only rows whose id starts with this ({lang} allowed)
+    label_names: Optional[tuple[str, ...]] = None  # names for integer labels, when the hub's differ from ours
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class TaskSpec:
     # model selection then uses that task's dev split.
     train_task: Optional[str] = None
     dev_split: str = "dev"
+    # Other tasks whose training data is added to this one's (ANLI+ = ANLI + MNLI + SNLI, Nie et al. 2020).
+    extra_train: tuple[str, ...] = ()
     group: str = ""  # XTREME group: classification, structured prediction, qa, retrieval
 
 

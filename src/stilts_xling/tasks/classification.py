@@ -54,6 +54,7 @@ FAMILY = ClassificationFamily()
 
 _MNLI_HINT = "download https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip and unzip it into {dir}"
 _XNLI_HINT = "download https://dl.fbaipublicfiles.com/XNLI/XNLI-1.0.zip and unzip it into {dir}"
+_ANLI_HINT = "download https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip and unzip it into {dir}"
 _NLI_FIELDS = {"text_a": "premise", "text_b": "hypothesis", "label": "label"}
 
 TASKS = [
@@ -78,5 +79,59 @@ TASKS = [
         hub=HubSource(path="facebook/xnli", name="{lang}", fields=_NLI_FIELDS,
                       splits={"dev": "validation", "test": "test"}),
         train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="snli", family="classification", phases=("intermediate",), metric="accuracy",
+        description="SNLI 3-way entailment (part of ANLI+ training data)", labels=NLI_LABELS,
+        files=FileSource(folder="snli", reader="snli_txt", splits={
+            "train": "snli_1.0/snli_1.0_train.txt", "dev": "snli_1.0/snli_1.0_dev.txt"},
+            hint="download https://nlp.stanford.edu/projects/snli/snli_1.0.zip and unzip it into {dir}"),
+        hub=HubSource(path="stanfordnlp/snli", fields=_NLI_FIELDS, splits={"train": "train", "dev": "validation"}),
+        train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="anli", family="classification", phases=("intermediate",), metric="accuracy",
+        description="Adversarial NLI, rounds R1-R3 concatenated", labels=NLI_LABELS,
+        files=FileSource(folder="anli", reader="anli_jsonl", hint=_ANLI_HINT, splits={
+            "train": tuple(f"anli_v1.0/R{r}/train.jsonl" for r in (1, 2, 3)),
+            "dev": tuple(f"anli_v1.0/R{r}/dev.jsonl" for r in (1, 2, 3)),
+            "test": tuple(f"anli_v1.0/R{r}/test.jsonl" for r in (1, 2, 3))}),
+        hub=HubSource(path="facebook/anli", fields=_NLI_FIELDS, splits={
+            "train": "train_r1+train_r2+train_r3", "dev": "dev_r1+dev_r2+dev_r3", "test": "test_r1+test_r2+test_r3"}),
+        # No published intermediate setting for ANLI: 2 epochs, lr 1e-5, batch 32 as for MNLI (facts.md 5).
+        train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="anli_plus", family="classification", phases=("intermediate",), metric="accuracy",
+        description="ANLI+: ANLI R1-R3 training data plus MNLI and SNLI; selected on ANLI dev",
+        labels=NLI_LABELS, extra_train=("mnli", "snli"),
+        files=FileSource(folder="anli", reader="anli_jsonl", hint=_ANLI_HINT, splits={
+            "train": tuple(f"anli_v1.0/R{r}/train.jsonl" for r in (1, 2, 3)),
+            "dev": tuple(f"anli_v1.0/R{r}/dev.jsonl" for r in (1, 2, 3))}),
+        hub=HubSource(path="facebook/anli", fields=_NLI_FIELDS, splits={
+            "train": "train_r1+train_r2+train_r3", "dev": "dev_r1+dev_r2+dev_r3"}),
+        train=TrainConfig(epochs=2, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="qqp", family="classification", phases=("intermediate",), metric="acc_and_f1", scorer="accuracy_f1",
+        description="Quora Question Pairs (GLUE): duplicate or not; jiant selects on (acc+F1)/2",
+        labels=("0", "1"),
+        files=FileSource(folder="qqp", reader="glue_qqp_tsv", splits={"train": "QQP/train.tsv", "dev": "QQP/dev.tsv"},
+                         hint="download https://dl.fbaipublicfiles.com/glue/data/QQP-clean.zip and unzip it into {dir}"),
+        hub=HubSource(path="nyu-mll/glue", name="qqp", label_names=("0", "1"), splits={"train": "train", "dev": "validation"},
+                      fields={"text_a": "question1", "text_b": "question2", "label": "label"}),
+        train=TrainConfig(epochs=5, lr=1e-5, batch_size=32, max_length=256),
+    ),
+    TaskSpec(
+        name="pawsx", family="classification", phases=("xtreme",), metric="accuracy", group="classification",
+        description="PAWS-X paraphrase identification: English train, zero-shot in 7 languages",
+        labels=("0", "1"), languages=XTREME_LANGUAGES["pawsx"],
+        files=FileSource(folder="pawsx", reader="pawsx_tsv", splits={
+            "train": "x-final/en/train.tsv", "dev": "x-final/{lang}/dev_2k.tsv", "test": "x-final/{lang}/test_2k.tsv"},
+            hint="download https://storage.googleapis.com/paws/pawsx/x-final.tar.gz and untar it into {dir}"),
+        hub=HubSource(path="google-research-datasets/paws-x", name="{lang}", label_names=("0", "1"),
+                      fields={"text_a": "sentence1", "text_b": "sentence2", "label": "label"},
+                      splits={"train": "train", "dev": "validation", "test": "test"}),
+        train=TrainConfig(epochs=5, lr=1e-5, batch_size=32, max_length=256),
     ),
 ]

@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stilts_xling.config import ConfigError, load_config
+from conftest import REPO, SMOKE
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_smoke_config_loads_with_types():
+    cfg = load_config(SMOKE)
+    assert cfg.model.name == "tiny:xlm-roberta"
+    assert cfg.intermediate.tasks == ["mnli"]
+    assert isinstance(cfg.intermediate.train.lr, float)
+
+
+def test_three_unknown_top_level_keys_are_all_reported(tmp_path, cli):
+    text = SMOKE.read_text() + "\nsead: 3\nbatchsize: 4\nfoo_bar: 1\n"
+    result = cli("validate", write(tmp_path, text))
+    assert result.exit_code == 2
+    for key in ("sead", "batchsize", "foo_bar"):
+        assert f"{key}: unknown key" in result.output
+    assert "did you mean 'seed'" in result.output
+    assert "3 problem(s)" in result.output
+
+
+def test_wrong_types_and_values_name_the_key_path(tmp_path):
+    path = write(tmp_path, "intermediate:\n  tasks: mnli\n  train:\n    lr: fast\n    epochs: -1\n"
+                           "xtreme:\n  splits: [dev, valid]\nseed: one\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "intermediate.tasks: expected a list, got str 'mnli'" in text
+    assert "intermediate.train.lr: expected a number, got str 'fast'" in text
+    assert "xtreme.splits[1]: 'valid' is not one of 'dev', 'test'" in text
+    assert "seed: expected an integer" in text
+    assert len(err.value.problems) == 4  # epochs=-1 is a value check, run only once the types are right
+
+
+def test_semantic_checks_unknown_task_language_and_value(tmp_path):
+    path = write(tmp_path, "intermediate:\n  tasks: [mnlii]\n  train: {epochs: 0, warmup: 1.5}\n"
+                           "xtreme:\n  tasks: [xnli, mnli]\n  languages: {xnli: [en, xx]}\n"
+                           "model: {name: 'tiny:xlm-robertaa'}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "intermediate.tasks[0]: unknown task 'mnlii'; did you mean 'mnli'?" in text
+    assert "xtreme.tasks[1]: 'mnli' is not a xtreme task" in text
+    assert "xtreme.languages.xnli: 'xx' is not a xnli language" in text
+    assert "intermediate.train.epochs: must be positive" in text
+    assert "intermediate.train.warmup" in text
+    assert "unknown tiny architecture 'xlm-robertaa'" in text
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "seed: 1\nmodel:\n  name: [unclosed\nrun_dir: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "malformed YAML at line" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_overrides_apply_and_are_checked():
+    cfg = load_config(SMOKE, ["seed=7", "intermediate.train.lr=2e-5", "xtreme.tasks=[xnli]"])
+    assert cfg.seed == 7 and cfg.intermediate.train.lr == 2e-5
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, ["intermediate.trian.lr=1"])
+    assert "intermediate.trian: unknown key (did you mean 'train'?)" in str(err.value)
+    with pytest.raises(ConfigError):
+        load_config(SMOKE, ["seed"])
+
+
+def test_missing_config_file(tmp_path, cli):
+    result = cli("validate", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "config file not found" in result.output
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), "each shipped config starts with a comment giving its command"
+    assert "stilts " in "\n".join(path.read_text().splitlines()[:4])
+    assert isinstance(yaml.safe_load(path.read_text()), dict)

@@ -1,0 +1,104 @@
+"""End to end through the real CLI on the tiny model and the bundled fixtures."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE
+from stilts_xling.results import read_rows
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from conftest import run_cli
+
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_cli("run", SMOKE, f"run_dir={run_dir}")
+    assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+def test_run_writes_xnli_rows_for_every_fixture_language(smoke_run):
+    run_dir, result = smoke_run
+    rows = read_rows(run_dir / "results.jsonl")
+    xnli = [r for r in rows if r["task"] == "xnli" and r["metric"] == "accuracy"]
+    assert {(r["language"], r["split"]) for r in xnli} == {(lang, split) for lang in ("en", "de", "ar", "zh")
+                                                           for split in ("dev", "test")}
+    for row in xnli:
+        assert row["seed"] == 1 and len(row["config_hash"]) == 12
+        assert {"torch", "transformers", "stilts_xling"} <= set(row["versions"])
+        assert row["encoder"] == str(run_dir / "intermediate" / "encoder")
+        assert 0 <= row["value"] <= 100
+    assert (run_dir / "config.yaml").read_text().startswith("run_dir:")
+    assert "| en | de | ar | zh | avg |" in result.output
+
+
+def test_intermediate_training_learns(smoke_run):
+    """The MNLI fixture's label is learnable (cue words); chance is 33.3%."""
+    run_dir, _ = smoke_run
+    rows = read_rows(run_dir / "results.jsonl")
+    (mnli,) = [r for r in rows if r["phase"] == "intermediate" and r["task"] == "mnli"]
+    assert mnli["value"] >= 80.0
+    en = [r for r in rows if r["task"] == "xnli" and r["language"] == "en" and r["split"] == "dev"]
+    assert en[0]["value"] >= 80.0  # same cue words in the English XNLI fixture
+
+
+def test_saved_encoder_loads_with_automodel(smoke_run):
+    from transformers import AutoModel, AutoTokenizer
+
+    run_dir, _ = smoke_run
+    enc = run_dir / "intermediate" / "encoder"
+    model = AutoModel.from_pretrained(enc)
+    tok = AutoTokenizer.from_pretrained(enc)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+    assert not any(k.startswith("heads") for k in model.state_dict())  # the encoder alone, no task heads
+    assert len(tok) == model.config.vocab_size
+
+
+def test_rerun_skips_finished_work(smoke_run, cli):
+    run_dir, _ = smoke_run
+    before = (run_dir / "results.jsonl").read_text()
+    result = cli("run", SMOKE, f"run_dir={run_dir}")
+    assert result.exit_code == 0
+    assert "skipping" in result.output
+    assert (run_dir / "results.jsonl").read_text() == before
+
+
+def test_hand_off_between_separate_commands(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    over = [f"run_dir={run_dir}", "intermediate.train.max_steps=5", "xtreme.train.max_steps=5",
+            "xtreme.languages={xnli: [en, de]}", "xtreme.splits=[dev]"]
+    result = cli("eval-xtreme", SMOKE, *over)
+    assert result.exit_code == 2 and "run `stilts train-intermediate CONFIG` first" in result.output
+    assert cli("train-intermediate", SMOKE, *over).exit_code == 0
+    encoder = run_dir / "intermediate" / "encoder"
+    assert (encoder / "config.json").is_file()
+    assert cli("eval-xtreme", SMOKE, *over).exit_code == 0
+    rows = [r for r in read_rows(run_dir / "results.jsonl") if r["phase"] == "xtreme"]
+    assert {r["language"] for r in rows} == {"en", "de"}
+    assert all(r["encoder"] == str(encoder) for r in rows)
+    # The baseline: the same targets on the raw model, selected by xtreme.encoder.
+    result = cli("eval-xtreme", SMOKE, *over, f"run_dir={tmp_path / 'base'}", "intermediate.tasks=[]")
+    assert result.exit_code == 0
+    base = read_rows(tmp_path / "base" / "results.jsonl")
+    assert base and all(r["encoder"] == "tiny:xlm-roberta" for r in base)
+
+
+def test_missing_data_is_reported_with_path_and_fix(tmp_path, cli):
+    result = cli("run", SMOKE, f"run_dir={tmp_path / 'r'}", f"data_dir={tmp_path / 'nodata'}")
+    assert result.exit_code == 2
+    assert "multinli_1.0_train.jsonl" in result.output and "multinli_1.0.zip" in result.output
+    assert "xnli.dev.tsv" in result.output
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_validate_and_tasks(cli):
+    assert cli("validate", SMOKE).exit_code == 0
+    out = cli("tasks").output
+    assert "mnli" in out and "xnli" in out and "classification" in out
+
+
+def test_help_lists_commands(cli):
+    out = cli("--help").output
+    assert "train-intermediate" in out and "eval-xtreme" in out
+    assert "Example:" in cli("run", "--help").output
