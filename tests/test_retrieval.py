@@ -190,6 +190,12 @@ def test_best_threshold_tie_and_duplicates_and_no_hit():
     cands = [("a", "A", 0.2), ("a", "A", 0.9), ("b", "B", 0.5), ("c", "C", 0.5)]
     th, p, r, f1 = R.best_threshold(cands, {("a", "A"), ("b", "B")})
     assert (th, p, r, f1) == (pytest.approx(0.5), pytest.approx(200 / 3), pytest.approx(100.0), pytest.approx(80.0))
+    # Equal F1 at two cutoffs (F1 = 2 * correct / (n + ngold), ngold 2): after a (.9, ok)
+    # 2/3; b, c wrong; after d (.6, ok) 4/6 = 2/3 again. The first one wins (strict >):
+    # threshold (.9 + .8)/2 = .85 keeps {a}: P 100, R 50, F1 2/3.
+    cands = [("a", "A", 0.9), ("b", "X", 0.8), ("c", "Y", 0.7), ("d", "D", 0.6), ("e", "Z", 0.5)]
+    th, p, r, f1 = R.best_threshold(cands, {("a", "A"), ("d", "D")})
+    assert (th, p, r, f1) == (pytest.approx(0.85), 100.0, 50.0, pytest.approx(200 / 3))
     # No correct candidate: threshold stays 0, all metrics 0.
     assert R.best_threshold([("a", "B", 0.7)], {("a", "A")}) == (0.0, 0.0, 0.0, 0.0)
 

@@ -125,6 +125,22 @@ def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) 
     typer.echo(f"{config}: OK")
 
 
+@app.command("score")
+def score(task: str = typer.Option(..., help="xnli, pawsx, udpos, panx, xquad, mlqa, tydiqa, bucc2018, tatoeba"),
+          lang: str = typer.Option(..., help="language code, e.g. de (selects MLQA's normalisation)"),
+          predictions: Path = typer.Option(..., help="predictions in XTREME's submission format"),
+          gold: Path = typer.Option(..., help="gold file (SQuAD json, token<TAB>tag lines, labels, ...)")) -> None:
+    """Score any system's predictions against gold, printing the metrics as JSON.
+
+    Example: stilts score --task mlqa --lang zh --predictions preds.json --gold test-context-zh-question-zh.json
+    """
+    import json
+
+    from .scoring import score_files
+
+    _guard(lambda: typer.echo(json.dumps(score_files(task, lang, predictions, gold), indent=2)))
+
+
 @app.command("tasks")
 def tasks() -> None:
     """List every task: family, phase, languages, selection metric and data source.

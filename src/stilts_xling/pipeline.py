@@ -12,6 +12,7 @@ from .config import ExperimentConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, tokenizer_source
+from .scoring import write_predictions
 from .results import append_rows, metric_rows, read_rows, versions
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of, get_task
@@ -219,9 +220,10 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
                 continue
             examples = load_examples(spec, split, lang, cfg, opts)
             features = _features(spec, examples, tokenizer, hp.max_length)
-            metrics, _ = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
-                                  tokenizer.pad_token_id, cfg.bf16)
+            metrics, predictions = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
+                                            tokenizer.pad_token_id, cfg.bf16)
             if ctx.accelerator.is_main_process:
+                write_predictions(ctx.run_dir, spec.name, split, lang, predictions, examples)
                 append_rows(ctx.results, metric_rows(ctx.row_base(
                     "xtreme", spec.name, language=lang, split=split, encoder=source,
                     train_task=train_spec.name, best_step=result.best_step), metrics))

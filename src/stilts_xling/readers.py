@@ -204,13 +204,10 @@ def read_pawsx_tsv(path: Path, lang: str | None = None) -> list[dict]:
 # ---------------------------------------------------------------- multiple choice
 
 def _mc(id_: str, context: str, question: str, choices: list[str], label: Any, path: Path, where: Any) -> dict:
-    if label is not None:
-        try:
-            label = int(label)  # Cosmos QA csv gives "2", the jsonl files give 2
-        except (TypeError, ValueError):
-            label = -1
-        if not 0 <= label < len(choices):
-            raise _err(path, where, f"label must be an index 0..{len(choices) - 1}", "fix the label field")
+    # Cosmos QA csv gives "2", the jsonl files give 2.
+    if label is not None and not (str(label).isdigit() and int(label) < len(choices)):
+        raise _err(path, where, f"label must be an index 0..{len(choices) - 1}", "fix the label field")
+    label = None if label is None else int(label)
     return {"id": id_, "context": context, "question": question, "choices": choices, "label": label}
 
 
@@ -253,23 +250,19 @@ def _cosmos(row: dict, path: Path, where: Any) -> dict:
 
 def read_cosmosqa_csv(path: Path, lang: str | None = None) -> list[dict]:
     """Cosmos QA csv: RFC-4180 quoting with multi-line fields and CRLF endings, so the csv module."""
-    out = []
+    out, header, start = [], None, 1
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         try:
-            header = next(reader, None)
-            if header is None or not set(_COSMOS_FIELDS) <= set(header):
-                raise _err(path, 1, f"header must name {list(_COSMOS_FIELDS)} (+ label)", "use the original csv")
-            start = reader.line_num + 1
             for fields in reader:
-                if not fields:
-                    start = reader.line_num + 1
-                    continue  # blank line
-                if len(fields) != len(header):
+                if header is None:
+                    header = fields  # a wrong header surfaces as "missing field" on the first record
+                elif fields and len(fields) != len(header):
                     raise _err(path, start, f"expected {len(header)} columns, found {len(fields)}",
                                "quote fields that contain commas or line breaks")
-                out.append(_cosmos(dict(zip(header, fields)), path, start))
-                start = reader.line_num + 1
+                elif fields:
+                    out.append(_cosmos(dict(zip(header, fields)), path, start))
+                start = reader.line_num + 1  # a record may span several physical lines
         except csv.Error as e:
             raise _err(path, reader.line_num, f"csv syntax error ({e})", "check the quoting") from None
     return _nonempty(out, path)
@@ -289,7 +282,8 @@ def read_ccg_tsv(path: Path, lang: str | None = None) -> list[dict]:
             continue
         parts = line.split("\t")
         if len(parts) != 2:
-            raise _err(path, n, f"expected 'tokens<TAB>tags', found {len(parts)} tab-separated fields", "one TAB per line")
+            raise _err(path, n, f"expected 'tokens<TAB>tags', found {len(parts)} tab-separated fields",
+                       "one TAB per line")
         tokens, tags = parts[0].split(), parts[1].split()
         if len(tokens) != len(tags) or not tokens:
             raise _err(path, n, f"{len(tokens)} tokens but {len(tags)} tags", "give exactly one supertag per token")
@@ -343,82 +337,77 @@ def _conllu_sentence(rows: list[tuple[int, list[str]]], path: Path, lang: str | 
         if c[3] not in UPOS_TAGS:
             raise _err(path, n, f"UPOS {c[3]!r} is not a UD tag", f"use one of {sorted(UPOS_TAGS)}")
         words[i] = (c[1], c[3])
-        heads = [c[6]] + [d.split(":")[0] for d in c[8].split("|")] if c[8] != "_" else [c[6]]
+        heads = [c[6]] + [d.split(":")[0] for d in c[8].split("|") if c[8] != "_"]
         parents[i] = {int(h) for h in heads if h.isdigit()}
     tokens, tags, i = [], [], 1
     while i <= len(words):
-        end, form, n = spans.get(i, (i, words[i][0], 0))
-        if end > len(words) or end < i:
+        end, form, n = spans.pop(i, (i, words[i][0], 0))
+        if not i <= end <= len(words):
             raise _err(path, n, f"multiword range {i}-{end} exceeds the sentence", "fix the range")
-        head = _fused_head(list(range(i, end + 1)), parents, {j: words[j][1] for j in range(i, end + 1)}, lang)
+        span = list(range(i, end + 1))
+        head = _fused_head(span, parents, {j: words[j][1] for j in span}, lang)
         # xtreme's remove_empty_space: spaces and ZWNJ inside a token are deleted.
         tokens.append(form.replace("\u200c", "").replace(" ", ""))
         tags.append(words[head][1])
         i = end + 1
+    if spans:  # a range that starts inside another range or after the last word
+        a, (b, _, n) = next(iter(spans.items()))
+        raise _err(path, n, f"multiword range {a}-{b} overlaps another or lies past the last word", "fix the range")
+    if not words:
+        raise _err(path, rows[0][0], "sentence without word lines", "every sentence needs lines with IDs 1..n")
     return tokens, tags
+
+
+def _blocks(path: Path) -> Iterator[list[tuple[int, str]]]:
+    """Blank-line separated blocks of (line number, line): CoNLL-U sentences, PAN-X sentences."""
+    block = []
+    for n, line in _lines(path):
+        if line.strip():
+            block.append((n, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def read_conllu(path: Path, lang: str | None = None) -> list[dict]:
     """UD CoNLL-U: tokens = FORM, tags = UPOS, multiword tokens fused as xtreme's conversion does.
 
-    Sentence ids come from ``# sent_id``; sentences whose forms are withheld ("_", as in
-    license-restricted treebanks) are dropped, as xtreme's udpos_preprocess does.
+    Ids come from ``# sent_id``. Sentences whose forms are withheld ("_", license-restricted
+    treebanks) are dropped, as xtreme's udpos_preprocess does.
     """
-    out, rows, sent_id = [], [], None
-
-    def flush() -> None:
-        nonlocal rows, sent_id
+    out = []
+    for block in _blocks(path):
+        sent_id = next((line.split("=", 1)[-1].strip() for _, line in block if line.startswith("# sent_id")), None)
+        rows = [(n, line.split("\t")) for n, line in block if not line.startswith("#")]
+        for n, cols in rows:
+            if len(cols) != 10 or not _CONLLU_ID.fullmatch(cols[0]):
+                raise _err(path, n, f"expected 10 tab-separated CoNLL-U columns with a numeric ID, found {len(cols)}",
+                           "separate columns with single TABs and sentences with a blank line")
         if rows:
             tokens, tags = _conllu_sentence(rows, path, lang)
             if sum(t == "_" for t in tokens) < max(len(tokens) - 1, 1):
                 out.append({"id": sent_id or str(len(out)), "tokens": tokens, "tags": tags})
-        rows, sent_id = [], None
-
-    for n, line in _lines(path):
-        if not line.strip():
-            flush()
-        elif line.startswith("#"):
-            if line.startswith("# sent_id"):
-                sent_id = line.split("=", 1)[-1].strip()
-        else:
-            cols = line.split("\t")
-            if len(cols) != 10 or not _CONLLU_ID.fullmatch(cols[0]):
-                raise _err(path, n, f"expected 10 tab-separated CoNLL-U columns with a numeric ID, found {len(cols)}",
-                           "separate columns with single TABs and sentences with a blank line")
-            rows.append((n, cols))
-    flush()
     return _nonempty(out, path, what="sentences")
 
 
 def read_panx_iob(path: Path, lang: str | None = None) -> list[dict]:
     """PAN-X / WikiANN: ``lang:token<TAB>tag``, blank line between sentences; tags may be absent (test)."""
-    out, tokens, tags, has_tags = [], [], [], None
-
-    def flush() -> None:
-        nonlocal tokens, tags
-        if tokens:
-            out.append({"id": str(len(out)), "tokens": tokens, "tags": tags if has_tags else None})
+    out, has_tags = [], None
+    for block in _blocks(path):
         tokens, tags = [], []
-
-    for n, line in _lines(path):
-        if not line.strip():
-            flush()
-            continue
-        parts = line.split("\t")
-        if len(parts) > 2 or ":" not in parts[0]:
-            raise _err(path, n, "expected 'lang:token' optionally followed by TAB and an IOB tag",
-                       "write one token per line as in the PAN-X release")
-        if has_tags is None:
-            has_tags = len(parts) == 2
-        if has_tags != (len(parts) == 2):
-            raise _err(path, n, "some lines have a tag column and others do not", "tag every token or none")
-        token = parts[0].split(":", 1)[1]  # only up to the first colon: tokens may contain ':'
-        if not token:
-            raise _err(path, n, "empty token after the 'lang:' prefix", "remove the line or restore the token")
-        tokens.append(token)
-        if has_tags:
-            tags.append(_label(parts[1], PANX_TAGS, path, n))
-    flush()
+        for n, line in block:
+            parts = line.split("\t")
+            if len(parts) > 2 or ":" not in parts[0] or not parts[0].split(":", 1)[1]:
+                raise _err(path, n, "expected 'lang:token' optionally followed by TAB and an IOB tag",
+                           "write one token per line as in the PAN-X release")
+            has_tags = len(parts) == 2 if has_tags is None else has_tags
+            if has_tags != (len(parts) == 2):
+                raise _err(path, n, "some lines have a tag column and others do not", "tag every token or none")
+            tokens.append(parts[0].split(":", 1)[1])  # only up to the first colon: tokens may contain ':'
+            tags += [_label(parts[1], PANX_TAGS, path, n)] if has_tags else []
+        out.append({"id": str(len(out)), "tokens": tokens, "tags": tags if has_tags else None})
     return _nonempty(out, path, what="sentences")
 
 
@@ -480,22 +469,24 @@ _BUCC_SPLITS = {"dev": ("dev", "sample"), "test": ("test", "training"),
                 "sample": ("sample", "dev"), "training": ("training", "test")}
 
 
-def _bucc_lines(path: Path) -> Iterator[tuple[int, str, str]]:
+def _bucc_file(path: Path) -> list[tuple[int, str, str]]:
+    """Lines ``ID<TAB>sentence`` (or ``srcID<TAB>trgID`` in .gold) as (line number, a, b)."""
+    out = []
     for n, line in _lines(path):
-        if line.strip():
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise _err(path, n, f"expected 2 tab-separated fields, found {len(parts)}", "write 'ID<TAB>value'")
-            yield n, parts[0].strip(), parts[1].strip()
+        parts = line.split("\t")
+        if line.strip() and len(parts) != 2:
+            raise _err(path, n, f"expected 2 tab-separated fields, found {len(parts)}", "write 'ID<TAB>value'")
+        out += [(n, parts[0].strip(), parts[1].strip())] if line.strip() else []
+    return _nonempty(out, path, what="lines")
 
 
 def _bucc_sentences(path: Path) -> dict[str, str]:
     out = {}
-    for n, id_, sent in _bucc_lines(path):
+    for n, id_, sent in _bucc_file(path):
         if id_ in out:
             raise _err(path, n, f"duplicate sentence id {id_!r}", "ids must be unique")
         out[id_] = sent
-    return _nonempty(out, path, what="sentences")
+    return out
 
 
 def read_bucc(dir: Path, lang: str, split: str):
@@ -516,7 +507,7 @@ def read_bucc(dir: Path, lang: str, split: str):
                 if not gold_p.exists():
                     return src, trg, None
                 gold = set()
-                for n, s, t in _bucc_lines(gold_p):
+                for n, s, t in _bucc_file(gold_p):
                     if s not in src or t not in trg:
                         raise _err(gold_p, n, f"gold pair ({s}, {t}) names an unknown sentence id",
                                    f"ids must occur in {src_p.name} and {trg_p.name}")

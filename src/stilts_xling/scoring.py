@@ -1,0 +1,154 @@
+"""Prediction files in XTREME's submission formats: writing ours, scoring anyone's (`stilts score`).
+
+Formats, by family (xtreme's evaluate.py reads the same):
+  classification  one label per line                           (xnli, pawsx)        .tsv
+  tagging         one tag per line, blank line between sentences (udpos, panx)      .tsv
+  span_qa         JSON {question id: answer text}              (xquad, mlqa, tydiqa) .json
+  bucc2018        "src_id<TAB>trg_id" per mined pair                                .tsv
+  tatoeba         one predicted target line index per line                          .tsv
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from . import metrics
+from .readers import READERS, DataError
+from .tasks.registry import get_task
+
+EXTENSION = {"classification": "tsv", "tagging": "tsv", "span_qa": "json", "retrieval": "tsv"}
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _sentences(path: Path, column: int) -> list[list[str]]:
+    """Blank-line separated blocks; each line's `column`-th TAB field (negative counts from the end)."""
+    out, block = [], []
+    for line in _lines(path) + [""]:
+        if line.strip():
+            block.append(line.split("\t")[column].strip())
+        elif block:
+            out.append(block)
+            block = []
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing our predictions (example order = the gold file's order).
+
+
+def _write_classification(predictions: dict, examples: list[dict]) -> str:
+    return "".join(f"{predictions[ex['id']]}\n" for ex in examples)
+
+
+def _write_tagging(predictions: dict, examples: list[dict]) -> str:
+    return "".join("".join(f"{tag}\n" for tag in predictions[ex["id"]]) + "\n" for ex in examples)
+
+
+def _write_span_qa(predictions: dict, examples: list[dict]) -> str:
+    answers = {ex["id"]: _answer_text(predictions[ex["id"]]) for ex in examples}
+    return json.dumps(answers, ensure_ascii=False, indent=1) + "\n"
+
+
+def _answer_text(prediction: Any) -> str:
+    # Span-QA families may carry extra fields (e.g. a no-answer score); the file holds the text only.
+    return prediction["text"] if isinstance(prediction, dict) else str(prediction)
+
+
+_WRITERS: dict[str, Callable[[dict, list[dict]], str]] = {
+    "classification": _write_classification, "multiple_choice": _write_classification,
+    "tagging": _write_tagging, "span_qa": _write_span_qa,
+}
+
+
+def write_predictions(run_dir: Path, task: str, split: str, lang: str, predictions: dict,
+                      examples: list[dict]) -> Path:
+    """`<run_dir>/predictions/<task>/<split>-<lang>.<ext>`; the test files form XTREME's submission layout."""
+    family = get_task(task).family
+    path = Path(run_dir) / "predictions" / task / f"{split}-{lang}.{EXTENSION.get(family, 'tsv')}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(_WRITERS[family](predictions, examples), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring files.
+
+
+def _score_classification(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    preds = [line.strip() for line in _lines(pred) if line.strip()]
+    first = next((line for line in _lines(gold) if line.strip()), "")
+    if "\t" in first:  # the task's original file (e.g. xnli.test.tsv), filtered to `lang`
+        spec = get_task(task)
+        golds = [ex["label"] for ex in READERS[spec.files.reader](gold, lang)]
+    else:
+        golds = [line.strip() for line in _lines(gold) if line.strip()]
+    _same_count(preds, golds, pred, gold, "labels")
+    return metrics.accuracy(preds, golds)
+
+
+def _score_tagging(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    preds, golds = _sentences(pred, 0), _sentences(gold, -1)
+    _same_count(preds, golds, pred, gold, "sentences")
+    return metrics.tagging_scores(preds, golds)
+
+
+def _score_span_qa(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    try:
+        predictions = json.loads(pred.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{pred}: expected a JSON object {{question id: answer}} ({err})") from None
+    if not isinstance(predictions, dict):
+        raise DataError(f"{pred}: expected a JSON object {{question id: answer}}")
+    examples = READERS["squad_json"](gold, lang if task == "tydiqa" else None)
+    golds = {ex["id"]: [a["text"] for a in ex["answers"]] for ex in examples}
+    # MLQA has its own language-aware normalisation; XQuAD/TyDiQA/SQuAD use SQuAD v1.1's for every language.
+    return metrics.squad_scores(predictions, golds, lang=lang if task == "mlqa" else None)
+
+
+def _pairs(path: Path) -> set[tuple[str, str]]:
+    out = set()
+    for n, line in enumerate(_lines(path), 1):
+        if line.strip():
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2:
+                raise DataError(f"{path}:{n}: expected 'src_id<TAB>trg_id'")
+            out.add((parts[0].strip(), parts[1].strip()))
+    return out
+
+
+def _score_bucc(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    return metrics.bucc_scores(_pairs(pred), _pairs(gold))
+
+
+def _score_tatoeba(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    preds = [line.strip() for line in _lines(pred) if line.strip()]
+    golds = [line.strip() for line in _lines(gold) if line.strip()]
+    _same_count(preds, golds, pred, gold, "indices")
+    return metrics.accuracy(preds, golds)
+
+
+def _same_count(preds: list, golds: list, pred: Path, gold: Path, what: str) -> None:
+    if len(preds) != len(golds):
+        raise DataError(f"{pred} has {len(preds)} {what} but {gold} has {len(golds)}; they must align one to one")
+
+
+_SCORERS: dict[str, Callable[[str, str, Path, Path], dict]] = {
+    "classification": _score_classification, "tagging": _score_tagging, "span_qa": _score_span_qa,
+}
+_TASK_SCORERS = {"bucc2018": _score_bucc, "tatoeba": _score_tatoeba}
+
+
+def score_files(task: str, lang: str, predictions: Path, gold: Path) -> dict[str, float]:
+    spec = get_task(task)
+    scorer = _TASK_SCORERS.get(task) or _SCORERS.get(spec.family)
+    if scorer is None:
+        raise DataError(f"`stilts score` has no file format for task {task!r} (family {spec.family})")
+    return scorer(task, lang, Path(predictions), Path(gold))
