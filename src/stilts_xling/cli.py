@@ -16,6 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 CONFIG = typer.Argument(..., help="YAML experiment config, e.g. configs/smoke.yaml", exists=False)
 OVERRIDES = typer.Argument(None, help="key.sub=value overrides, e.g. seed=2 intermediate.train.lr=2e-5")
+NEW_RUN = typer.Option(False, "--new-run", help="the run dir holds a different config: archive it and start afresh")
 
 
 def _load(config: Path, overrides: Optional[List[str]]) -> ExperimentConfig:
@@ -54,7 +55,7 @@ def _check_data_or_exit(cfg: ExperimentConfig, phases: tuple[str, ...]) -> None:
 
 
 @app.command("train-intermediate")
-def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_run: bool = NEW_RUN) -> None:
     """Phase 2: train the encoder on English intermediate task(s); saves <run_dir>/intermediate/encoder.
 
     Example: stilts train-intermediate configs/intermediate/mnli.yaml seed=2
@@ -64,11 +65,15 @@ def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = O
     cfg = _load(config, overrides)
     _setup_logging()
     _check_data_or_exit(cfg, ("intermediate",))
-    _guard(lambda: print(f"encoder saved to {pipeline.train_intermediate(pipeline.start(cfg))}"))
+    def go() -> None:
+        with pipeline.start(cfg, new_run) as ctx:
+            print(f"encoder saved to {pipeline.train_intermediate(ctx)}")
+
+    _guard(go)
 
 
 @app.command("eval-xtreme")
-def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_run: bool = NEW_RUN) -> None:
     """Phase 3: fine-tune on each target's English data, evaluate zero-shot on every language.
 
     Example: stilts eval-xtreme configs/xtreme.yaml xtreme.encoder=runs/mnli/intermediate/encoder
@@ -80,15 +85,15 @@ def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
     _check_data_or_exit(cfg, ("xtreme",))
 
     def go() -> None:
-        ctx = pipeline.start(cfg)
-        pipeline.eval_xtreme(ctx)
-        print(pipeline.summary(ctx))
+        with pipeline.start(cfg, new_run) as ctx:
+            pipeline.eval_xtreme(ctx)
+            print(pipeline.summary(ctx))
 
     _guard(go)
 
 
 @app.command("run")
-def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_run: bool = NEW_RUN) -> None:
     """All phases: load the model, intermediate training, then XTREME evaluation.
 
     Example: HF_HUB_OFFLINE=1 stilts run configs/smoke.yaml
@@ -100,10 +105,10 @@ def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> No
     _check_data_or_exit(cfg, ("intermediate", "xtreme"))
 
     def go() -> None:
-        ctx = pipeline.start(cfg)
-        pipeline.train_intermediate(ctx)
-        pipeline.eval_xtreme(ctx)
-        print(pipeline.summary(ctx))
+        with pipeline.start(cfg, new_run) as ctx:
+            pipeline.train_intermediate(ctx)
+            pipeline.eval_xtreme(ctx)
+            print(pipeline.summary(ctx))
 
     _guard(go)
 

@@ -123,6 +123,8 @@ class ExperimentConfig:
     offline: bool = False  # never touch the network (also implied by HF_HUB_OFFLINE=1)
     bf16: bool = True  # bf16 autocast when a CUDA device is present; ignored on CPU
     num_workers: int = 0  # tokenization/collation workers
+    feature_cache: bool = True  # reuse tokenized features across runs (keyed by data, tokenizer, code)
+    cache_dir: Optional[str] = None  # default: $XDG_CACHE_HOME/stilts_xling/features
     model: ModelConfig = field(default_factory=ModelConfig)
     intermediate: IntermediateConfig = field(default_factory=IntermediateConfig)
     xtreme: XtremeConfig = field(default_factory=XtremeConfig)

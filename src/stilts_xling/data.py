@@ -64,9 +64,12 @@ def load_examples(spec: TaskSpec, split: str, lang: Optional[str], cfg: Experime
     missing = missing_files(spec, split, lang, cfg, options)
     if missing:
         raise DataError("missing data file:\n  " + "\n  ".join(missing))
+    paths = split_paths(spec, split, lang, cfg, options)
     examples = []
-    for path in split_paths(spec, split, lang, cfg, options):
+    for path in paths:
         examples.extend(READERS[spec.files.reader](path, lang))
+    if not examples:  # e.g. only license-withheld UD treebanks matched the glob
+        raise DataError(f"{spec.name} {split} [{lang}]: no examples in {', '.join(map(str, paths))}")
     return examples
 
 
@@ -83,14 +86,24 @@ def _load_hub(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentCo
         raise DataError(f"could not load {hub.path}/{name} split {hub.splits[split]!r} from the hub ({err}); "
                         f"run `stilts prepare` online first, or use data_source: files") from err
     label_names = list(hub.label_names) if hub.label_names else _label_names(ds, hub.fields.get("label"))
-    prefix = _format(hub.id_prefix, lang) if hub.id_prefix else None
+    prefix = _format(hub.id_prefix, lang).lower() if hub.id_prefix else None
+    # Families whose hub rows need more than column renames (letters as labels, nested choices,
+    # integer tag ids) convert each row themselves.
+    from .tasks.registry import family_of
+
+    convert = getattr(family_of(spec), "hub_example", None)
     examples = []
     for i, row in enumerate(ds):
-        ex = {key: _get(row, column) for key, column in hub.fields.items()}
+        if convert is not None:
+            ex = convert(spec, row, i)
+            if split == "train" and ex.get("label", 0) is None and ex.get("tags", 0) is None:
+                continue
+        else:
+            ex = {key: _get(row, column) for key, column in hub.fields.items()}
         ex.setdefault("id", str(row.get("id", f"{split}-{i}")))
-        if prefix and not str(ex["id"]).startswith(prefix):
+        if prefix and not str(ex["id"]).lower().startswith(prefix):
             continue
-        if label_names is not None and "label" in ex:
+        if convert is None and label_names is not None and "label" in ex:
             if ex["label"] is None or ex["label"] < 0:  # unlabeled rows (MNLI test, SNLI "-")
                 if split == "train":
                     continue
@@ -189,3 +202,117 @@ def _pad(values: list, width: int, pad: int) -> torch.Tensor:
     for row, seq in enumerate(values):
         out[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token budgets, bucketed lengths and unpadded (packed) collation (speed.py uses these).
+
+
+def sequence_lengths(feature: dict) -> list[int]:
+    """Real token count of every row of a feature (one row, or one per choice)."""
+    ids = feature["input_ids"]
+    return [len(x) for x in ids] if ids and isinstance(ids[0], list) else [len(ids)]
+
+
+def batch_cost(features: list[dict], packed: bool) -> int:
+    """Tokens a micro batch computes: all real tokens when packed, rows x the longest row when padded."""
+    rows = [n for f in features for n in sequence_lengths(f)]
+    return sum(rows) if packed else len(rows) * max(rows)
+
+
+def split_by_tokens(features: list[dict], max_tokens: int, packed: bool) -> list[list[dict]]:
+    """Split one batch into micro batches costing at most `max_tokens` each (in order of length, so the
+    padded cost stays low); a single feature over the budget still gets a micro batch of its own."""
+    order = sorted(features, key=lambda f: -max(sequence_lengths(f)))
+    out: list[list[dict]] = []
+    for f in order:
+        if out and batch_cost(out[-1] + [f], packed) <= max_tokens:
+            out[-1].append(f)
+        else:
+            out.append([f])
+    return out
+
+
+def token_budget_batches(lengths: list[int], max_tokens: int, shuffle: bool, seed: int = 0,
+                         packed: bool = False) -> list[list[int]]:
+    """Length-grouped batches by token budget instead of a fixed count (fairseq's max_tokens): short
+    sequences make big batches, long ones small. Same windowing as `length_grouped_batches`."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+        window = 4096
+        grouped = []
+        for start in range(0, len(order), window):
+            grouped.extend(sorted(order[start:start + window], key=lambda i: -lengths[i]))
+        order = grouped
+    else:
+        order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    longest = total = 0
+    for i in order:
+        n = lengths[i]
+        if batches:
+            cost = total + n if packed else (len(batches[-1]) + 1) * max(longest, n)
+            if cost <= max_tokens:
+                batches[-1].append(i)
+                longest, total = max(longest, n), total + n
+                continue
+        batches.append([i])
+        longest = total = n
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def bucket_length(n: int, buckets: Optional[list[int]] = None, steps: int = 16) -> int:
+    """The padded length for `n` tokens: the smallest of `buckets` that fits, or else `n` rounded up to
+    1/steps of its power of two (steps=16: at most ~6% padding; steps=4: ~25%, fewer shapes to compile)."""
+    for b in sorted(buckets or ()):
+        if b >= n:
+            return b
+    step = max(64, (1 << max(0, n - 1).bit_length()) // max(1, steps))
+    return -(-n // step) * step
+
+
+def collate_packed(features: list[dict], pad_id: int, position_offset: int, max_seqlen: int,
+                   max_rows: Optional[int] = None, length: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """`collate` plus an unpadded view of the same batch: every real token in one row.
+
+    packed_ids / packed_pos [1, T]: the tokens of all rows back to back; positions restart at
+    `position_offset` for each row (XLM-R/RoBERTa count from padding_idx + 1 = 2, BERT from 0).
+    cu_seqlens [K] int32: row boundaries (flash-attention varlen layout). The tail up to `length` is filler
+    (pad tokens at the pad position, split into pieces of at most `max_seqlen`), and cu_seqlens is padded
+    with empty rows to K = max_rows + ceil(T / max_seqlen) + 1, so that T and K, and with them every shape,
+    depend only on the bucket (CUDA graphs and torch.compile then reuse one graph per bucket).
+    unpack_index [rows, L]: where each padded slot's token sits in the packed row (0 for padding)."""
+    batch = collate(features, pad_id)
+    rows = [r for f in features for r in (f["input_ids"] if f["input_ids"] and isinstance(f["input_ids"][0], list)
+                                          else [f["input_ids"]])]
+    lengths = [len(r) for r in rows]
+    if max(lengths) > max_seqlen:
+        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the packed max_seqlen {max_seqlen}")
+    real = sum(lengths)
+    total = length if length is not None else -(-real // 8) * 8
+    if total < real:
+        raise ValueError(f"packed length {total} is shorter than the batch's {real} real tokens")
+    filler = total - real
+    pieces = [min(max_seqlen, filler - s) for s in range(0, filler, max_seqlen)]
+    cu = [0]
+    for n in lengths + pieces:
+        cu.append(cu[-1] + n)
+    width = (max_rows if max_rows is not None else len(rows)) + -(-total // max_seqlen) + 1
+    if len(cu) > width:
+        raise ValueError(f"{len(rows)} rows do not fit max_rows={max_rows}")
+    cu += [total] * (width - len(cu))
+    ids = [t for r in rows for t in r] + [pad_id] * filler
+    pos = [p for n in lengths for p in range(position_offset, position_offset + n)]
+    pos += [max(position_offset - 1, 0)] * filler
+    starts = torch.tensor(cu[:len(rows)], dtype=torch.long)
+    slots = torch.arange(batch["attention_mask"].size(-1))
+    inside = slots[None, :] < torch.tensor(lengths)[:, None]
+    batch["packed_ids"] = torch.tensor([ids], dtype=torch.long)
+    batch["packed_pos"] = torch.tensor([pos], dtype=torch.long)
+    batch["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32)
+    batch["unpack_index"] = torch.where(inside, starts[:, None] + slots[None, :], torch.zeros((), dtype=torch.long))
+    return batch

@@ -105,6 +105,8 @@ class MultiTaskModel(nn.Module):
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({s.name: family_of(s).make_head(s, hidden) for s in specs})
         self.last_token_pooling = encoder.config.model_type in _LAST_TOKEN_POOLING
+        # Set by speed.prepare (speed.unpadded): runs the encoder on batches packed by data.collate_packed.
+        self.packed_encoder = None
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.last_token_pooling:
@@ -116,6 +118,9 @@ class MultiTaskModel(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         # Multiple choice batches are [batch, choices, length]: encode every choice as its own row.
         flat_ids, flat_mask = ids.view(-1, ids.size(-1)), mask.view(-1, mask.size(-1))
-        hidden = self.encoder(input_ids=flat_ids, attention_mask=flat_mask).last_hidden_state
+        if self.packed_encoder is not None and "cu_seqlens" in batch:
+            hidden = self.packed_encoder(batch, flat_mask)
+        else:
+            hidden = self.encoder(input_ids=flat_ids, attention_mask=flat_mask).last_hidden_state
         pooled = self.pool(hidden, flat_mask)
         return family_of(self.specs[task]).forward(self.heads[task], hidden, pooled, batch)

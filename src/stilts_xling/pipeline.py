@@ -1,13 +1,19 @@
 """The three phases. Each writes under `run_dir` and skips work whose results already exist."""
 from __future__ import annotations
 
+import difflib
+import fcntl
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import config as config_mod
+from .cache import cached_features
+from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
@@ -27,10 +33,23 @@ class Context:
     run_dir: Path
     config_hash: str
     accelerator: Any
+    lock: Any = None
 
     @property
     def results(self) -> Path:
         return self.run_dir / "results.jsonl"
+
+    def close(self) -> None:
+        if self.lock is not None:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            self.lock.close()
+            self.lock = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def row_base(self, phase: str, task: str, **extra: Any) -> dict:
         return {"run": self.run_dir.name, "phase": phase, "intermediate": list(self.cfg.intermediate.tasks),
@@ -38,10 +57,8 @@ class Context:
                 "config_hash": self.config_hash, "versions": versions()}
 
 
-def start(cfg: ExperimentConfig) -> Context:
-    """Create the run dir and save the resolved config (a changed config is kept beside the first)."""
-    import os
-
+def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
+    """Lock the run dir and save the resolved config; a different saved config refuses with a diff."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -50,15 +67,49 @@ def start(cfg: ExperimentConfig) -> Context:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    digest = config_mod.config_hash(cfg)
+    lock = _lock(run_dir)
     text = config_mod.dump_yaml(cfg)
-    first = run_dir / "config.yaml"
-    target = first if not first.exists() or first.read_text(encoding="utf-8") == text else run_dir / f"config-{digest}.yaml"
-    target.write_text(text, encoding="utf-8")
+    saved = run_dir / "config.yaml"
+    if saved.exists() and saved.read_text(encoding="utf-8") != text:
+        if not new_run:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            diff = "".join(difflib.unified_diff(saved.read_text(encoding="utf-8").splitlines(True),
+                                                text.splitlines(True), "saved config.yaml", "this config"))
+            raise ValueError(f"{run_dir} holds a run with a different config:\n{diff}\nUse another run_dir, or "
+                             "pass --new-run to move the old run into <run_dir>/archive/ and start afresh.")
+        _archive(run_dir)
+    saved.write_text(text, encoding="utf-8")
     set_seed(cfg.seed)
     import torch
 
-    return Context(cfg, run_dir, digest, Accelerator(cpu=not torch.cuda.is_available()))
+    return Context(cfg, run_dir, config_mod.config_hash(cfg), Accelerator(cpu=not torch.cuda.is_available()), lock)
+
+
+def _lock(run_dir: Path) -> Any:
+    """An exclusive lock held for the life of the process: two runs never write one run dir."""
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        raise ValueError(f"{run_dir} is in use by {owner}; wait for it to finish or use another run_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _archive(run_dir: Path) -> None:
+    """Move everything of the previous run (not the lock) into archive/<timestamp>/: nothing is lost."""
+    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True)
+    for item in run_dir.iterdir():
+        if item.name not in ("archive", ".lock"):
+            item.rename(dest / item.name)
+    print(f"previous run moved to {dest}")
 
 
 def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
@@ -78,15 +129,19 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
             if family_of(spec).name != "retrieval":
                 for split in ("train", source.dev_split):
                     problems += missing_files(source, split, "en", cfg, None if spec.train_task else opts)
-            for lang in target_languages(cfg, spec):
-                for split in cfg.xtreme.splits:
-                    if spec.files and split in spec.files.splits:
-                        problems += missing_files(spec, split, lang, cfg, opts)
+            for lang, split in wanted_results(cfg, spec):
+                problems += missing_files(spec, split, lang, cfg, opts)
     return list(dict.fromkeys(problems))
 
 
 def target_languages(cfg: ExperimentConfig, spec: TaskSpec) -> tuple[str, ...]:
     return tuple(cfg.xtreme.languages.get(spec.name, spec.languages))
+
+
+def wanted_results(cfg: ExperimentConfig, spec: TaskSpec) -> list[tuple[str, str]]:
+    """(language, split) pairs to evaluate: the configured ones that the task's data has."""
+    return [(lang, split) for lang in target_languages(cfg, spec) for split in cfg.xtreme.splits
+            if (spec.files is None or split in spec.files.splits) and lang not in spec.missing_splits.get(split, ())]
 
 
 def _train_examples(spec: TaskSpec, cfg: ExperimentConfig, opts: Optional[TaskOptions]) -> list[dict]:
@@ -97,8 +152,17 @@ def _train_examples(spec: TaskSpec, cfg: ExperimentConfig, opts: Optional[TaskOp
     return subsample(examples, opts, cfg.seed)
 
 
-def _features(spec: TaskSpec, examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
-    return family_of(spec).featurize(spec, examples, tokenizer, max_length)
+def _fit_labels(spec: TaskSpec, train_examples: list[dict]) -> TaskSpec:
+    """Specs whose label set comes from the training data get it now, before any featurization."""
+    return family_of(spec).fit_labels(spec, train_examples) if spec.labels_from_train else spec
+
+
+def _features(cfg: ExperimentConfig, spec: TaskSpec, examples: list[dict], tokenizer: Any,
+              max_length: int) -> list[dict]:
+    family = family_of(spec)
+    cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.feature_cache else None
+    return cached_features(cache_dir, spec, family, examples, tokenizer, max_length,
+                           lambda: family.featurize(spec, examples, tokenizer, max_length))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,14 +190,15 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
         hp = merge_train(spec.train, cfg.intermediate.train)
         opts = cfg.intermediate.task_options.get(spec.name)
         train_ex = _train_examples(spec, cfg, opts)
+        spec = _fit_labels(spec, train_ex)
         dev_ex = load_examples(spec, spec.dev_split, "en", cfg, opts)
-        tasks.append(TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
-                              _features(spec, dev_ex, tokenizer, hp.max_length)))
+        tasks.append(TaskData(spec, hp, _features(cfg, spec, train_ex, tokenizer, hp.max_length), dev_ex,
+                              _features(cfg, spec, dev_ex, tokenizer, hp.max_length)))
         log.info("%s: %d train / %d dev examples", spec.name, len(train_ex), len(dev_ex))
     # One task: its own defaults drive the optimizer; several: the phase's config over global defaults.
     phase_hp = merge_train(specs[0].train if len(specs) == 1 else None, cfg.intermediate.train)
     encoder = load_encoder(cfg.model.name, cfg.model, tokenizer)
-    model = MultiTaskModel(encoder, specs)
+    model = MultiTaskModel(encoder, [t.spec for t in tasks])
     result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
                    cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks))
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
@@ -181,8 +246,7 @@ def eval_xtreme(ctx: Context) -> None:
     source = encoder_source(cfg)
     for name in cfg.xtreme.tasks:
         spec = get_task(name)
-        wanted = {(lang, split) for lang in target_languages(cfg, spec) for split in cfg.xtreme.splits
-                  if spec.files is None or split in spec.files.splits}
+        wanted = set(wanted_results(cfg, spec))
         if wanted <= _finished(ctx, spec):
             print(f"{name}: all {len(wanted)} results already in {ctx.results}; skipping")
             continue
@@ -201,9 +265,10 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     train_ex = _train_examples(train_spec, cfg, None if spec.train_task else opts)
     if spec.train_task:  # the volume cap set on the target still applies to its borrowed training data
         train_ex = subsample(train_ex, opts, cfg.seed)
+    spec = _fit_labels(spec, train_ex)
     dev_ex = load_examples(train_spec, train_spec.dev_split, "en", cfg, None if spec.train_task else opts)
-    task = TaskData(spec, hp, _features(spec, train_ex, tokenizer, hp.max_length), dev_ex,
-                    _features(spec, dev_ex, tokenizer, hp.max_length))
+    task = TaskData(spec, hp, _features(cfg, spec, train_ex, tokenizer, hp.max_length), dev_ex,
+                    _features(cfg, spec, dev_ex, tokenizer, hp.max_length))
     log.info("%s: training on %d %s examples", spec.name, len(train_ex), train_spec.name)
     from accelerate.utils import set_seed
 
@@ -214,20 +279,19 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     done = _finished(ctx, spec)
     batch = (hp.micro_batch_size or hp.batch_size) * 2
-    for lang in target_languages(cfg, spec):
-        for split in cfg.xtreme.splits:
-            if (spec.files and split not in spec.files.splits) or (lang, split) in done:
-                continue
-            examples = load_examples(spec, split, lang, cfg, opts)
-            features = _features(spec, examples, tokenizer, hp.max_length)
-            metrics, predictions = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
-                                            tokenizer.pad_token_id, cfg.bf16)
-            if ctx.accelerator.is_main_process:
-                write_predictions(ctx.run_dir, spec.name, split, lang, predictions, examples)
-                append_rows(ctx.results, metric_rows(ctx.row_base(
-                    "xtreme", spec.name, language=lang, split=split, encoder=source,
-                    train_task=train_spec.name, best_step=result.best_step), metrics))
-            print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    for lang, split in wanted_results(cfg, spec):
+        if (lang, split) in done:
+            continue
+        examples = load_examples(spec, split, lang, cfg, opts)
+        features = _features(cfg, spec, examples, tokenizer, hp.max_length)
+        metrics, predictions = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
+                                        tokenizer.pad_token_id, cfg.bf16)
+        if ctx.accelerator.is_main_process:
+            write_predictions(ctx.run_dir, spec.name, split, lang, predictions, examples)
+            append_rows(ctx.results, metric_rows(ctx.row_base(
+                "xtreme", spec.name, language=lang, split=split, encoder=source,
+                train_task=train_spec.name, best_step=result.best_step), metrics))
+        print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
 
 
 def summary(ctx: Context) -> str:

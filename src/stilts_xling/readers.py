@@ -377,7 +377,7 @@ def read_conllu(path: Path, lang: str | None = None) -> list[dict]:
     Ids come from ``# sent_id``. Sentences whose forms are withheld ("_", license-restricted
     treebanks) are dropped, as xtreme's udpos_preprocess does.
     """
-    out = []
+    out, withheld = [], False
     for block in _blocks(path):
         sent_id = next((line.split("=", 1)[-1].strip() for _, line in block if line.startswith("# sent_id")), None)
         rows = [(n, line.split("\t")) for n, line in block if not line.startswith("#")]
@@ -388,8 +388,12 @@ def read_conllu(path: Path, lang: str | None = None) -> list[dict]:
         if rows:
             tokens, tags = _conllu_sentence(rows, path, lang)
             if sum(t == "_" for t in tokens) < max(len(tokens) - 1, 1):
-                out.append({"id": sent_id or str(len(out)), "tokens": tokens, "tags": tags})
-    return _nonempty(out, path, what="sentences")
+                out.append({"id": sent_id or f"{path.stem}-{len(out)}", "tokens": tokens, "tags": tags})
+            else:
+                withheld = True
+    # A treebank whose forms are all withheld (UD_English-ESL, UD_Japanese-BCCWJ, ...) contributes nothing,
+    # as in xtreme; the caller fails only when a whole split ends up empty.
+    return out if out or withheld else _nonempty(out, path, what="sentences")
 
 
 def read_panx_iob(path: Path, lang: str | None = None) -> list[dict]:

@@ -147,7 +147,10 @@ _TASK_SCORERS = {"bucc2018": _score_bucc, "tatoeba": _score_tatoeba}
 
 
 def score_files(task: str, lang: str, predictions: Path, gold: Path) -> dict[str, float]:
-    spec = get_task(task)
+    try:
+        spec = get_task(task)
+    except KeyError as err:
+        raise DataError(err.args[0]) from None
     scorer = _TASK_SCORERS.get(task) or _SCORERS.get(spec.family)
     if scorer is None:
         raise DataError(f"`stilts score` has no file format for task {task!r} (family {spec.family})")

@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SamplerConfig, TrainConfig
-from .data import collate, feature_length, length_grouped_batches
+from .data import feature_length, length_grouped_batches
 from .evaluate import autocast, evaluate
 from .sampling import task_probabilities, total_steps
+from .speed import MicroBatch, SpeedConfig, SpeedPlan, prefetch, prepare
 from .tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,53 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def rows_per_feature(features: list[dict]) -> int:
+    """Encoder rows per feature: 1, or the number of choices (multiple choice)."""
+    ids = features[0]["input_ids"] if features else []
+    return len(ids) if ids and isinstance(ids[0], list) else 1
+
+
+def step_batches(plan: SpeedPlan, schedule: list[str], streams: dict[str, _Stream], accum: dict[str, int],
+                 max_rows: dict[str, int], workers: int = 0):
+    """(task, micro batches) for each optimizer step of `schedule`, collated `workers` threads ahead.
+
+    The streams are advanced here, in the caller's thread and in step order; only collation runs ahead."""
+    def jobs():
+        for task in schedule:
+            features = [streams[task].next() for _ in range(accum[task])]
+            yield lambda task=task, features=features: (task, plan.step_batches(features, max_rows[task]))
+
+    return prefetch(jobs(), workers)
+
+
+def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer: Any, scheduler: Any,
+               accelerator: Any, max_grad_norm: Optional[float], device: torch.device, bf16: bool,
+               set_to_none: bool = True) -> list[torch.Tensor]:
+    """One optimizer step on one task's micro batches; returns their unscaled losses, left on the device
+    (no host sync). `accelerator` None means plain `backward` and `clip_grad_norm_` (benchmarks)."""
+    losses = []
+    for micro in micro_batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in micro.batch.items()}
+        with autocast(device, bf16):
+            loss, _ = model(task, batch)
+        scaled = loss / len(micro_batches) if micro.weight is None else loss * micro.weight
+        if accelerator is not None:
+            accelerator.backward(scaled)
+        else:
+            scaled.backward()
+        losses.append(loss.detach())
+    if max_grad_norm:
+        clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+        clip(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=set_to_none)
+    return losses
+
+
 def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
           pad_id: int, seed: int, bf16: bool = True, desc: str = "train",
-          on_eval: Optional[Any] = None) -> TrainResult:
+          on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None) -> TrainResult:
     device = accelerator.device
     names = [t.spec.name for t in tasks]
     by_name = {t.spec.name: t for t in tasks}
@@ -106,7 +151,14 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     optimizer = _optimizer(model, hp, fused=device.type == "cuda")
     scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    speed = speed or SpeedConfig()
+    max_seqlen = max(feature_length(f) for t in tasks for f in t.train)
+    plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
+    max_rows = {n: micro[n] * rows_per_feature(by_name[n].train) for n in names}
     rng = random.Random(seed)
+    # Drawn up front so that batches can be collated ahead; the same draws as one per step.
+    schedule = [rng.choices(names, weights=[probs[n] for n in names])[0] for _ in range(steps)]
+    batches = step_batches(plan, schedule, streams, accum, max_rows, speed.workers)
     best = TrainResult(best_step=-1, best_score=-math.inf, dev_metrics={}, history=[])
     best_state, bad_evals = None, 0
     loss_sums = {n: torch.zeros((), device=device) for n in names}
@@ -115,23 +167,14 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
 
     model.train()
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    for step in bar:
-        task = rng.choices(names, weights=[probs[n] for n in names])[0]
-        for _ in range(accum[task]):
-            features = streams[task].next()
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(features, pad_id).items()}
-            with autocast(device, bf16):
-                loss, _ = model(task, batch)
-            accelerator.backward(loss / accum[task])
-            loss_sums[task] += loss.detach()  # stays on device: no host sync per step
-            seen_examples += len(features)
-            seen_tokens += sum(feature_length(f) for f in features)
-        loss_counts[task] += accum[task]
-        if hp.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    for step, (task, micro_batches) in zip(bar, batches):
+        losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
+                            device, bf16, plan.set_to_none)
+        for loss in losses:
+            loss_sums[task] += loss  # stays on device: no host sync per step
+        loss_counts[task] += len(micro_batches)
+        seen_examples += sum(m.examples for m in micro_batches)
+        seen_tokens += sum(m.tokens for m in micro_batches)
 
         if step % 20 == 0 or step == steps:  # one host sync per 20 steps for the progress bar
             elapsed = time.perf_counter() - started
@@ -145,11 +188,12 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
 
         if step % eval_every == 0 or step == steps:
             metrics = {}
-            for n in names:
-                examples, features = dev[n]
-                if examples:
-                    metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
-                                             micro[n] * 2, device, pad_id, bf16)
+            with plan.evaluation():
+                for n in names:
+                    examples, features = dev[n]
+                    if examples:
+                        metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
+                                                 micro[n] * 2, device, pad_id, bf16)
             scores = [metrics[n][by_name[n].spec.metric] for n in metrics]
             score = sum(scores) / len(scores) if scores else float(step)  # no dev data: the last state wins
             best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
@@ -167,6 +211,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                     log.info("early stopping at step %d: no dev improvement in %d evaluations", step, bad_evals)
                     break
     bar.close()
+    batches.close()
+    plan.close()
     if best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state)
     return best

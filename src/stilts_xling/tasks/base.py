@@ -62,6 +62,10 @@ class TaskSpec:
     dev_split: str = "dev"
     # Other tasks whose training data is added to this one's (ANLI+ = ANLI + MNLI + SNLI, Nie et al. 2020).
     extra_train: tuple[str, ...] = ()
+    # The label set is built from the training data (CCG supertags): the family's fit_labels(spec, examples).
+    labels_from_train: bool = False
+    # Splits some languages lack (UD has no dev data for kk, th, tl, yo): split -> languages.
+    missing_splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     group: str = ""  # XTREME group: classification, structured prediction, qa, retrieval
 
 

@@ -1,0 +1,491 @@
+"""Speed options of the training loop; each is a `speed.*` config key whose default is the plain path.
+
+XLM-R Large at the paper's batch size (32 MNLI pairs of ~46 tokens) is launch- and optimizer-bound, not
+FLOP-bound: padded to 128 a step computes 4k token positions of which 1.5k are real, and ~2,000 kernel
+launches a step leave the GPU idle most of the time. So:
+
+- `unpadded`: the real tokens of a micro batch go into one row (data.collate_packed) with per-sequence
+  position ids; attention stays within each sequence (flash-attention varlen from PyTorch's own kernels on
+  CUDA in bf16/fp16, a block-diagonal mask elsewhere). Falls back to padded batches, with a warning, for a
+  model this has not been checked on or when the packed and padded encoders disagree at start-up.
+- `token_budget`: micro batches capped by tokens instead of count; the optimizer step still sees
+  `batch_size` examples, each micro batch's loss weighted by its share of them.
+- `cuda_graphs`: the encoder's forward and backward are captured once per packed-length bucket and
+  replayed (one launch each); gradients accumulate in place, so `zero_grad` keeps the tensors.
+- `compile`: torch.compile each encoder layer (regional: one compilation serves all 24), dynamic=False,
+  shapes bucketed (`buckets`, `bucket_steps`) so that it compiles once per bucket, not per length.
+- `workers`: threads that collate (and pin) the next batches while the GPU works.
+
+This module imports nothing from the package at import time (config.py imports `SpeedConfig` from here).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import inspect
+import itertools
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeedConfig:
+    unpadded: bool = False  # pack each micro batch's real tokens into one row; attention stays per sequence
+    token_budget: Optional[int] = None  # max tokens per micro batch (packed: real tokens; padded: rows x longest)
+    cuda_graphs: bool = False  # replay the encoder's forward+backward as CUDA graphs (CUDA, needs unpadded)
+    compile: bool = False  # torch.compile each encoder layer, dynamic=False over bucketed shapes
+    buckets: list[int] = field(default_factory=list)  # packed lengths to pad up to; empty = automatic
+    bucket_steps: Optional[int] = None  # automatic buckets per power of two: 16 (~6% padding), 4 with compile
+    workers: int = 0  # background threads that collate batches ahead of the loop; 0 = inline
+
+
+ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionInterface
+# Encoders whose embeddings take explicit position_ids and whose attention goes through AttentionInterface,
+# with the first position id of a sequence: RoBERTa-style models count from padding_idx + 1.
+_PACKABLE = {"xlm-roberta": "pad+1", "roberta": "pad+1", "camembert": "pad+1", "bert": "zero"}
+_FLASH_OK: dict[int, bool] = {}  # CUDA device index -> the varlen flash kernels passed the self-test
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention over packed rows.
+
+
+class _FlashVarlen(torch.autograd.Function):
+    """Flash attention over packed sequences (cu_seqlens) with dropout, from the kernels PyTorch's SDPA
+    uses itself (aten._flash_attention_forward/backward), so no flash_attn package is needed."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len: int, dropout: float, scale: float):
+        out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, dropout, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
+        ctx.max_len, ctx.dropout, ctx.scale = max_len, dropout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, ctx.dropout, False,
+            seed, offset, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def _block_diagonal_sdpa(query, key, value, cu, dropout: float, scale: Optional[float]):
+    """Reference path ([1, H, T, D] in and out): SDPA with a mask that keeps each sequence to itself.
+    Costs T^2 per head, so it serves CPU, float32 and tests, not long packed rows on a GPU."""
+    positions = torch.arange(query.size(2), device=query.device, dtype=cu.dtype)
+    segment = torch.searchsorted(cu[1:].contiguous(), positions, right=True)
+    mask = (segment[:, None] == segment[None, :])[None, None]
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                                            scale=scale)
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers AttentionInterface function: packed rows when the call carries cu_seq_lens_q, and
+    otherwise exactly "sdpa" (evaluation keeps padded batches)."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _FLASH_OK.get(query.device.index):
+        q, k, v = (x.transpose(1, 2)[0] for x in (query, key, value))  # [1, H, T, D] -> [T, H, D], no copy
+        scale = scaling if scaling is not None else query.size(-1) ** -0.5
+        out = _FlashVarlen.apply(q, k, v, cu, kwargs["max_length_q"], dropout, scale)
+        return out.unsqueeze(0), None
+    out = _block_diagonal_sdpa(query, key, value, cu, dropout, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded batches get sdpa's mask; packed ones none
+
+
+def flash_available(device: torch.device) -> bool:
+    """Whether the varlen flash kernels run and agree with SDPA on this device (checked once)."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _FLASH_OK:
+        try:
+            _FLASH_OK[index] = torch.cuda.get_device_capability(index) >= (8, 0) and _flash_self_test(index)
+        except Exception as err:  # any kernel/dispatch problem means: use the fallback
+            log.warning("flash-attention varlen unavailable (%s); packed rows use a block-diagonal mask", err)
+            _FLASH_OK[index] = False
+    return _FLASH_OK[index]
+
+
+def _flash_self_test(index: int) -> bool:
+    gen = torch.Generator(device=f"cuda:{index}").manual_seed(0)
+    lengths, heads, dim = [5, 17, 64, 3, 1], 4, 64
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=f"cuda:{index}")
+    q, k, v = (torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen, dtype=torch.bfloat16)
+               .requires_grad_() for _ in range(3))
+    weight = torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen)
+    out = _FlashVarlen.apply(q, k, v, cu, 64, 0.0, dim ** -0.5)
+    grads = torch.autograd.grad((out.float() * weight).sum(), (q, k, v))
+    rq, rk, rv = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        *(x[a:b].transpose(0, 1) for x in (rq, rk, rv))).transpose(0, 1)
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (rq, rk, rv))
+    ok = all(torch.allclose(a.float(), b, atol=3e-2, rtol=3e-2) for a, b in zip((out, *grads), (ref, *ref_grads)))
+    if not ok:
+        log.warning("flash-attention varlen disagrees with SDPA on cuda:%d; packed rows use a block-diagonal mask",
+                    index)
+    return ok
+
+
+def position_offset(config: Any) -> Optional[int]:
+    """First position id of a sequence for this encoder, or None when packing is not supported for it."""
+    kind = _PACKABLE.get(getattr(config, "model_type", ""))
+    if kind is None:
+        return None
+    return config.pad_token_id + 1 if kind == "pad+1" else 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The packed encoder, optionally replayed from CUDA graphs.
+
+
+class PackedEncoder:
+    """Runs the encoder on a packed batch; returns hidden states in the padded [rows, L, H] layout the heads
+    expect, zero at padding. MultiTaskModel calls it for batches that carry `cu_seqlens`."""
+
+    def __init__(self, encoder: torch.nn.Module, max_seqlen: int, graphs: Optional["_Graphs"] = None):
+        self.encoder, self.max_seqlen, self.graphs = encoder, max_seqlen, graphs
+
+    def encode(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                            max_length_q=self.max_seqlen, max_length_k=self.max_seqlen).last_hidden_state
+
+    def __call__(self, batch: dict[str, torch.Tensor], flat_mask: torch.Tensor) -> torch.Tensor:
+        ids, pos, cu = batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"]
+        if self.graphs is not None and self.encoder.training and torch.is_grad_enabled():
+            packed = self.graphs.run(ids, pos, cu)
+        else:
+            packed = self.encode(ids, pos, cu)
+        index = batch["unpack_index"]
+        hidden = packed[0].index_select(0, index.reshape(-1)).view(*index.shape, -1)
+        return hidden.masked_fill(~flat_mask.bool().unsqueeze(-1), 0.0)
+
+
+class _Replay(torch.autograd.Function):
+    """Forward: copy the batch into the bucket's static inputs and replay its forward graph. Backward:
+    replay its backward graph, which adds the encoder's gradients into their `.grad` tensors in place."""
+
+    @staticmethod
+    def forward(ctx, anchor, entry, ids, pos, cu):
+        entry.ids.copy_(ids)
+        entry.pos.copy_(pos)
+        entry.cu.copy_(cu)
+        entry.fwd.replay()
+        ctx.entry = entry
+        return entry.out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        entry = ctx.entry
+        if any(p.grad is not g for p, g in zip(entry.params, entry.grads)):
+            raise RuntimeError("the encoder's .grad tensors were replaced since the CUDA graphs were captured; "
+                               "with speed.cuda_graphs, zero gradients with zero_grad(set_to_none=False)")
+        entry.grad_out.copy_(grad)
+        entry.bwd.replay()
+        return None, None, None, None, None
+
+
+class _Graphs:
+    """One forward and one backward CUDA graph of the encoder per (packed length, cu_seqlens length),
+    captured on first use; all share one memory pool (only one bucket is ever in flight)."""
+
+    def __init__(self, encoder: torch.nn.Module, encode: Callable, bf16: bool, device: torch.device):
+        self.encode, self.bf16 = encode, bf16
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
+        self.small = [p for p in self.params if p.dim() < 2]
+        self.pool = torch.cuda.graph_pool_handle()
+        self.entries: dict[tuple[int, int], SimpleNamespace] = {}
+        self.anchor = torch.zeros((), device=device, requires_grad=True)  # lets autograd reach _Replay.backward
+        self.mode = {"capture_error_mode": "thread_local"} if "capture_error_mode" in inspect.signature(
+            torch.cuda.graph.__init__).parameters else {}  # collate threads may pin memory meanwhile
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def ensure(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> SimpleNamespace:
+        key = (ids.size(1), cu.size(0))
+        if key not in self.entries:
+            self.entries[key] = self._capture(ids, pos, cu)
+        return self.entries[key]
+
+    def run(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        return _Replay.apply(self.anchor, self.ensure(ids, pos, cu), ids, pos, cu)
+
+    def _capture(self, ids, pos, cu) -> SimpleNamespace:
+        e = SimpleNamespace(ids=ids.clone(), pos=pos.clone(), cu=cu.clone(), params=self.params)
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        e.grads = [p.grad for p in self.params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # run every kernel once outside capture (workspaces, lazy init, compilation)
+                with self._autocast():
+                    out = self.encode(e.ids, e.pos, e.cu)
+                torch.autograd.grad(out, self.small or self.params[:1], torch.ones_like(out), allow_unused=True)
+                del out
+        torch.cuda.current_stream().wait_stream(side)
+        e.fwd, e.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(e.fwd, pool=self.pool, **self.mode):
+            with self._autocast():
+                out = self.encode(e.ids, e.pos, e.cu)
+        e.grad_out = torch.zeros_like(out)
+        with torch.cuda.graph(e.bwd, pool=self.pool, **self.mode):
+            torch.autograd.backward(out, e.grad_out)
+        e.out = out.detach()
+        log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
+        return e
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch.compile, regionally: each repeated layer, so one compilation serves all of them.
+
+
+def _repeated_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1
+             and len({type(x) for x in m}) == 1]
+    return list(max(lists, key=len)) if lists else []
+
+
+def _compile_layers(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a compile failure runs that code eagerly instead
+    layers = _repeated_layers(encoder)
+    for layer in layers:
+        layer.compile(dynamic=False)
+    return layers
+
+
+def _set_compiled(layers: list[torch.nn.Module], impls: list[Any]) -> list[Any]:
+    before = [getattr(layer, "_compiled_call_impl", None) for layer in layers]
+    for layer, impl in zip(layers, impls):
+        layer._compiled_call_impl = impl
+    return before
+
+
+# ---------------------------------------------------------------------------------------------------
+# Background collation.
+
+
+def prefetch(jobs: Iterable[Callable[[], Any]], workers: int) -> Iterator[Any]:
+    """The results of `jobs`, in order. With workers > 0 up to 2 * workers + 2 of them run ahead in
+    threads (collation is list work plus tensor copies; threads avoid copying features to processes)."""
+    if workers <= 0:
+        for job in jobs:
+            yield job()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(workers, thread_name_prefix="stilts-collate") as pool:
+        window = collections.deque(pool.submit(job) for job in itertools.islice(jobs, 2 * workers + 2))
+        while window:
+            result = window.popleft().result()
+            nxt = next(jobs, None)
+            if nxt is not None:
+                window.append(pool.submit(nxt))
+            yield result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan: what the training loop asks of the speed options.
+
+
+@dataclass
+class MicroBatch:
+    batch: dict[str, torch.Tensor]
+    examples: int
+    tokens: int  # sum of data.feature_length, as the progress bar counts them
+    real_tokens: int  # non-pad tokens of every row (all choices)
+    computed_tokens: int  # token positions the encoder runs: packed length, or rows x padded width
+    weight: Optional[float] = None  # share of the step's examples when a token budget split it; None = 1/count
+
+
+class SpeedPlan:
+    """Collation, micro-batching and model hooks for one training run; `close()` undoes the model hooks."""
+
+    def __init__(self, model: Any, speed: SpeedConfig, device: torch.device, bf16: bool, pad_id: int,
+                 max_seqlen: int):
+        self.speed, self.device, self.pad_id = speed, device, pad_id
+        self.model = model
+        self.encoder = model.encoder
+        self.max_seqlen = max(64, -(-max_seqlen // 64) * 64)  # also the longest filler piece
+        self.unpadded = speed.unpadded and self._enable_unpadded(bf16)
+        self.graphs: Optional[_Graphs] = None
+        if speed.cuda_graphs:
+            if device.type != "cuda" or not self.unpadded:
+                log.warning("speed.cuda_graphs needs CUDA and speed.unpadded; running without CUDA graphs")
+            else:
+                packed = PackedEncoder(self.encoder, self.max_seqlen)
+                self.graphs = _Graphs(self.encoder, packed.encode, bf16 and device.type == "cuda", device)
+        if self.unpadded:
+            model.packed_encoder = PackedEncoder(self.encoder, self.max_seqlen, self.graphs)
+        self.compiled = _compile_layers(self.encoder) if speed.compile else []
+        self.bucketed = self.graphs is not None or bool(self.compiled)
+        self.steps = speed.bucket_steps or (4 if self.compiled else 16)
+        # CUDA graphs accumulate into the captured .grad tensors, so they must survive zero_grad.
+        self.set_to_none = self.graphs is None
+        self.pin = device.type == "cuda"
+
+    def _enable_unpadded(self, bf16: bool) -> bool:
+        config = self.encoder.config
+        self.offset = position_offset(config)
+        if self.offset is None or not hasattr(self.encoder, "set_attn_implementation"):
+            log.warning("speed.unpadded: packing is not supported for model type %r; using padded batches",
+                        getattr(config, "model_type", "?"))
+            return False
+        _register()
+        if self.device.type == "cuda" and bf16:
+            flash_available(self.device)
+        self.previous_attention = config._attn_implementation
+        self.encoder.set_attn_implementation(ATTENTION)
+        problem = self._check_packed(bf16)
+        if problem:
+            log.warning("speed.unpadded: %s; using padded batches", problem)
+            self.encoder.set_attn_implementation(self.previous_attention)
+            return False
+        return True
+
+    @torch.no_grad()
+    def _check_packed(self, bf16: bool) -> Optional[str]:
+        """Padded and packed encoders must agree on a few random sequences (eval mode, no dropout)."""
+        from .data import collate_packed
+
+        vocab = self.encoder.get_input_embeddings().num_embeddings
+        gen = torch.Generator().manual_seed(0)
+        lengths = [min(n, self.max_seqlen) for n in (7, 19, 3, 12)]
+        features = [{"input_ids": [int(t) for t in torch.randint(3, vocab, (n,), generator=gen)
+                                   if int(t) != self.pad_id] or [3]} for n in lengths]
+        batch = {k: v.to(self.device) for k, v in collate_packed(features, self.pad_id, self.offset,
+                                                                 self.max_seqlen).items()}
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and self.device.type == "cuda"
+                   else contextlib.nullcontext())
+            with amp:
+                padded = self.encoder(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state.float()
+                packed = PackedEncoder(self.encoder, self.max_seqlen)(batch, batch["attention_mask"]).float()
+        except Exception as err:  # an encoder that does not take packed rows
+            return f"the packed forward failed ({type(err).__name__}: {err})"
+        finally:
+            self.encoder.train(was_training)
+        mask = batch["attention_mask"].bool()
+        err = (padded[mask] - packed[mask]).abs().max().item()
+        scale = padded[mask].abs().max().item()
+        tol = 0.05 * scale if bf16 and self.device.type == "cuda" else 1e-4 * max(1.0, scale)
+        return None if err <= tol else f"packed and padded hidden states differ by {err:.3g} (tolerance {tol:.3g})"
+
+    # Batches -------------------------------------------------------------------------------------------
+
+    def micro_batches(self, features: list[dict]) -> list[list[dict]]:
+        from .data import split_by_tokens
+
+        if not self.speed.token_budget:
+            return [features]
+        return split_by_tokens(features, self.speed.token_budget, packed=self.unpadded)
+
+    def collate(self, features: list[dict], max_rows: int) -> tuple[dict[str, torch.Tensor], int, int]:
+        """(batch, real tokens, computed tokens)."""
+        from .data import bucket_length, collate, collate_packed, sequence_lengths
+
+        real = sum(n for f in features for n in sequence_lengths(f))
+        if self.unpadded:
+            length = bucket_length(real, self.speed.buckets, self.steps) if self.bucketed else None
+            batch = collate_packed(features, self.pad_id, self.offset, self.max_seqlen, max_rows, length)
+            computed = batch["packed_ids"].size(1)
+        else:
+            if self.compiled:  # few padded widths, so few compilations
+                longest = max(max(sequence_lengths(f)) for f in features)
+                batch = collate(features, self.pad_id, multiple_of=bucket_length(longest, None, self.steps))
+            else:
+                batch = collate(features, self.pad_id)
+            computed = batch["attention_mask"].numel()
+        if self.pin:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch, real, computed
+
+    def step_batches(self, features: list[list[dict]], max_rows: int) -> list[MicroBatch]:
+        """One optimizer step's micro batches from the stream's micro batches (split by the token budget)."""
+        from .data import feature_length
+
+        parts = [part for feats in features for part in self.micro_batches(feats)]
+        total = sum(len(p) for p in parts)
+        weighted = len(parts) != len(features)
+        out = []
+        for part in parts:
+            batch, real, computed = self.collate(part, max_rows)
+            out.append(MicroBatch(batch, len(part), sum(feature_length(f) for f in part), real, computed,
+                                  len(part) / total if weighted else None))
+        return out
+
+    def prewarm(self, batch: dict[str, torch.Tensor]) -> None:
+        """Capture / compile for this batch's shape now, outside any timed or optimizer step; leaves the
+        gradients untouched."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.graphs is not None:
+            self.graphs.ensure(batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])
+        elif self.compiled:
+            amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                   else contextlib.nullcontext())
+            with amp:
+                if self.unpadded:
+                    out = PackedEncoder(self.encoder, self.max_seqlen).encode(
+                        batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])
+                else:
+                    ids, mask = batch["input_ids"], batch["attention_mask"]
+                    out = self.encoder(input_ids=ids.view(-1, ids.size(-1)),
+                                       attention_mask=mask.view(-1, mask.size(-1))).last_hidden_state
+            small = [p for p in self.encoder.parameters() if p.requires_grad and p.dim() < 2]
+            torch.autograd.grad(out.float().sum(), small, allow_unused=True)
+
+    # Model hooks ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        """Evaluation runs eagerly on padded, length-sorted batches: no per-length recompiles."""
+        before = _set_compiled(self.compiled, [None] * len(self.compiled))
+        try:
+            yield
+        finally:
+            _set_compiled(self.compiled, before)
+
+    def close(self) -> None:
+        _set_compiled(self.compiled, [None] * len(self.compiled))
+        if self.unpadded:
+            self.model.packed_encoder = None
+            self.encoder.set_attn_implementation(self.previous_attention)
+        self.graphs = None
+
+
+def prepare(model: Any, speed: Optional[SpeedConfig], device: torch.device, bf16: bool, pad_id: int,
+            max_seqlen: int) -> SpeedPlan:
+    """Apply the speed options to a MultiTaskModel (already on `device`); see the module docstring."""
+    return SpeedPlan(model, speed or SpeedConfig(), device, bf16, pad_id, max_seqlen)
