@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import ASSETS, REPO, run_cli, shared_data
+
 from stilts_xling import pipeline
 from stilts_xling.config import ModelConfig, load_config
 from stilts_xling.model import TINY_TOKENIZER, load_encoder, load_tokenizer

@@ -11,6 +11,7 @@ import typer
 from .config import ConfigError, ExperimentConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
                   help="English intermediate-task training (STILTs) and zero-shot cross-lingual evaluation "
                        "on XTREME. Every command takes a YAML config and key.sub=value overrides.")
 
@@ -114,20 +115,22 @@ def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_r
 
 
 @app.command("validate")
-def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES) -> None:
-    """Check a config (keys, types, values, task names, data files) without running anything.
+def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
+             strict: bool = typer.Option(False, "--strict", help="missing data files are errors too")) -> None:
+    """Check a config (keys, types, values, task names) and list data files it needs that are missing.
 
-    Example: stilts validate configs/xtreme.yaml data_dir=/data/xtreme
+    Example: stilts validate configs/xtreme.yaml data_dir=/data/xtreme --strict
     """
     from .pipeline import check_data
 
     cfg = _load(config, overrides)
+    typer.echo(f"{config}: config OK")
     missing = check_data(cfg, ("intermediate", "xtreme"))
     if missing:
-        typer.echo(f"config OK, but {len(missing)} data file(s) are missing:\n  " + "\n  ".join(missing))
-        if cfg.data_source == "files":
+        typer.echo(f"{'error' if strict else 'warning'}: {len(missing)} data file(s) missing (a run fails at start "
+                   "until they exist):\n  " + "\n  ".join(missing))
+        if strict:
             raise typer.Exit(1)
-    typer.echo(f"{config}: OK")
 
 
 @app.command("score")

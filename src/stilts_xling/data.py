@@ -51,7 +51,7 @@ def missing_files(spec: TaskSpec, split: str, lang: Optional[str], cfg: Experime
     out = []
     for path in split_paths(spec, split, lang, cfg, options):
         if not path.is_file():
-            hint = spec.files.hint.format(dir=task_dir(spec, cfg, options))
+            hint = spec.files.hint.replace("{dir}", str(task_dir(spec, cfg, options)))
             # A file shared by all languages (XNLI's tsv) is listed once, not once per language.
             out.append(f"{spec.name} {split}{f' [{lang}]' if per_lang else ''}: expected {path}; {hint}")
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import config as config_mod
+from . import metrics
 from .cache import cached_features
 from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, TaskOptions, merge_train
@@ -312,4 +313,19 @@ def summary(ctx: Context) -> str:
             lines.append("| " + " | ".join(langs + ["avg"]) + " |")
             lines.append("|" + "---|" * (len(langs) + 1))
             lines.append("| " + " | ".join(f"{values[lang]:.1f}" for lang in langs) + f" | {avg:.1f} |")
+    for split in ctx.cfg.xtreme.splits:
+        scores = {}
+        for name in ctx.cfg.xtreme.tasks:
+            per_lang: dict[str, dict[str, float]] = {}
+            for r in rows:
+                if r["task"] == name and r["split"] == split:
+                    per_lang.setdefault(r["language"], {})[r["metric"]] = r["value"]
+            if per_lang and name in metrics.XTREME_TASKS:
+                scores[name] = metrics.task_average(per_lang, name, ctx.cfg.xtreme.qa_score)
+        if scores:
+            overall = metrics.xtreme_score(scores)
+            lines.append(f"\nXTREME task scores ({split}, QA as {ctx.cfg.xtreme.qa_score}): "
+                         + ", ".join(f"{t} {v:.1f}" for t, v in scores.items()))
+            lines.append(f"XTREME score: {overall:.1f}" if overall is not None
+                         else "XTREME score: needs all nine tasks")
     return "\n".join(lines) or "no XTREME results yet"

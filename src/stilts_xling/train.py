@@ -152,7 +152,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     speed = speed or SpeedConfig()
-    max_seqlen = max(feature_length(f) for t in tasks for f in t.train)
+    max_seqlen = max(feature_length(f) for t in tasks for f in t.train) if speed.unpadded else 0
     plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
     max_rows = {n: micro[n] * rows_per_feature(by_name[n].train) for n in names}
     rng = random.Random(seed)
@@ -168,9 +168,9 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     model.train()
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for step, (task, micro_batches) in zip(bar, batches):
-        losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
-                            device, bf16, plan.set_to_none)
-        for loss in losses:
+        step_losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
+                                 device, bf16, plan.set_to_none)
+        for loss in step_losses:
             loss_sums[task] += loss  # stays on device: no host sync per step
         loss_counts[task] += len(micro_batches)
         seen_examples += sum(m.examples for m in micro_batches)

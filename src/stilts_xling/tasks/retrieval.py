@@ -13,8 +13,9 @@ encoder and result rows. Settings come from `cfg.retrieval` when the config has 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def settings(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def resolve_layer(num_layers: int, layer: Optional[int] = None, fraction: Optional[float] = None) -> int:
+def resolve_layer(num_layers: int, layer: int | None = None, fraction: float | None = None) -> int:
     """The `hidden_states` index to pool: `layer` if set, else round-half-up(fraction * num_layers),
     fraction defaulting to 14/24 (14 for 24 layers, 7 for 12, 1 for 2)."""
     if layer is not None:
@@ -82,7 +83,8 @@ def embed(encoder: Any, tokenizer: Any, sentences: list[str], layers: list[int],
           batch_size: int = 64, max_length: int = 512, device: Any = "cpu", bf16: bool = True) -> dict[int, torch.Tensor]:
     """{layer: [len(sentences), hidden] float32 on `device`}, in input order, from one forward pass
     per batch; batches hold sentences of similar length so padding stays small."""
-    from ..evaluate import autocast  # evaluate imports the registry, which imports this module
+    # Imported here: evaluate imports the registry, which imports this module.
+    from ..evaluate import autocast
 
     device = torch.device(device)
     ids = tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
@@ -221,8 +223,8 @@ def _bucc(ctx, spec, lang, splits, opts, encode, st, layer, layers) -> list[tupl
             row = {s: i for s, i in zip(s_ids, s_rows)}
             col = {t: i for t, i in zip(t_ids, t_rows)}
             src_rows, gold_rows = zip(*sorted((row[s], col[t]) for s, t in gold))
-            sweep = _sweep(lambda k: R.recall_at_k(es[k][list(src_rows)], et[k], SWEEP_KS, list(gold_rows)),
-                           layers, st, "recall")
+            sweep = _sweep(lambda k, es=es, et=et, q=list(src_rows), g=list(gold_rows):
+                           R.recall_at_k(es[k][q], et[k], SWEEP_KS, g), layers, st, "recall")
             out += [(split, {"protocol": "cosine", "layer": k}, m) for k, m in sweep]
     return out
 
@@ -238,7 +240,7 @@ def _write(ctx: Any, spec: TaskSpec, lang: str, text: str) -> str:
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------------
+_SCORERS = {"tatoeba": _tatoeba, "bucc": _bucc}  # TaskSpec.scorer -> runner of one language
 
 
 class RetrievalFamily:
@@ -246,12 +248,12 @@ class RetrievalFamily:
     training-side family methods (featurize, heads) do not exist here."""
 
     name = "retrieval"
-    scorers = {"tatoeba": _tatoeba, "bucc": _bucc}
 
     def run_target(self, ctx: Any, spec: TaskSpec, source: str) -> None:
         from accelerate.utils import set_seed
 
-        from .. import pipeline  # pipeline imports the registry, which imports this module
+        # Imported here: pipeline and model import the registry, which imports this module.
+        from .. import pipeline
         from ..model import load_encoder, load_tokenizer, tokenizer_source
         from ..results import append_rows, metric_rows
 
@@ -277,7 +279,7 @@ class RetrievalFamily:
 
         opts = cfg.xtreme.task_options.get(spec.name)
         for lang, splits in todo.items():
-            results = self.scorers[spec.scorer](ctx, spec, lang, splits, opts, encode, st, layer, layers)
+            results = _SCORERS[spec.scorer](ctx, spec, lang, splits, opts, encode, st, layer, layers)
             rows = []
             for split, extra, metrics in results:
                 base = ctx.row_base("xtreme", spec.name, language=lang, split=split, encoder=source,
