@@ -115,6 +115,20 @@ class XtremeConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """BUCC and Tatoeba: sentence embeddings straight from the encoder, no fine-tuning (facts.md 1.7)."""
+
+    layer: Optional[int] = None  # hidden_states index (0 = embeddings, negative = from the top); None = 14/24 of depth
+    layer_fraction: Optional[float] = None  # or a fraction of the depth, for models of other sizes
+    pooling: Literal["mean", "cls"] = "mean"
+    protocol: Literal["margin", "cosine"] = "margin"  # BUCC: ratio margin (XTREME) or plain cosine NN (MTEB)
+    k: int = 4  # margin neighbourhood
+    layer_sweep: bool = False  # also score every layer from the same encoding pass
+    batch_size: int = 64
+    max_length: int = 512
+
+
+@dataclass
 class ExperimentConfig:
     run_dir: str = "runs/default"
     seed: int = 1
@@ -128,6 +142,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     intermediate: IntermediateConfig = field(default_factory=IntermediateConfig)
     xtreme: XtremeConfig = field(default_factory=XtremeConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,6 +262,11 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                          *((f"xtreme.task_options.{k}", v) for k, v in cfg.xtreme.task_options.items())]:
         if options.train_fraction is not None and not 0 < options.train_fraction <= 1:
             errors.append(f"{key}.train_fraction: must be in (0, 1], got {options.train_fraction}")
+    for key in ("k", "batch_size", "max_length"):
+        if getattr(cfg.retrieval, key) <= 0:
+            errors.append(f"retrieval.{key}: must be positive, got {getattr(cfg.retrieval, key)}")
+    if cfg.retrieval.layer_fraction is not None and not 0 <= cfg.retrieval.layer_fraction <= 1:
+        errors.append(f"retrieval.layer_fraction: a fraction of the depth in [0, 1], got {cfg.retrieval.layer_fraction}")
     if cfg.model.name.startswith("tiny:"):
         from .model import TINY_ARCHITECTURES
 

@@ -70,6 +70,9 @@ class TaskSpec:
 
 
 class Family(Protocol):
+    """A family that trains. A family may instead define `run_target(ctx, spec, encoder_source)`, which
+    replaces fine-tuning in phase 3 (retrieval embeds with the encoder as it is)."""
+
     name: str
 
     def featurize(self, spec: TaskSpec, examples: list[dict], tokenizer: Any, max_length: int) -> list[dict]:

@@ -258,7 +258,7 @@ class RetrievalFamily:
         from ..results import append_rows, metric_rows
 
         cfg, st = ctx.cfg, settings(ctx.cfg)
-        done = pipeline._finished(ctx, spec)
+        done = pipeline.finished(ctx, spec)
         todo = {lang: [s for s in cfg.xtreme.splits if s in spec.files.splits and (lang, s) not in done]
                 for lang in pipeline.target_languages(cfg, spec)}
         todo = {lang: splits for lang, splits in todo.items() if splits}
