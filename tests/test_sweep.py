@@ -1,12 +1,11 @@
 """`stilts_xling.sweep`: grid expansion and names, validation of every cell up front, a real local sweep
 of the smoke config (2 intermediate tasks x 2 seeds) that a rerun skips, and Slurm scripts."""
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import SMOKE
+from conftest import REPO, SMOKE
 from stilts_xling.config import ConfigError, load_config
 from stilts_xling.sweep import cell_names, expand_grid, run_sweep
 
@@ -66,6 +65,7 @@ def test_every_cell_is_validated_before_anything_runs(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow  # 4 real runs of the smoke pipeline, ~8 s each on 2 idle CPU cores
 def test_local_sweep_runs_every_cell_then_skips_them(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"intermediate.tasks": [["mnli"], ["anli"]], "seed": [1, 2]}))
@@ -104,3 +104,12 @@ def test_dry_run_and_slurm_scripts(tmp_path, monkeypatch, capsys):
     assert str(base / "seed=1" / "done") in script
     assert cells[0]["status"].startswith("script ")
     assert "sbatch not found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grid", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grids_validate_against_the_config_in_their_comment(grid, tmp_path):
+    # The header names the command, e.g. "#   stilts sweep configs/intermediate/mnli.yaml <grid> run_dir=...".
+    command = next(line for line in grid.read_text().splitlines() if "stilts sweep" in line).split()
+    config = REPO / command[command.index("sweep") + 1]
+    cells = run_sweep(config, grid, [f"run_dir={tmp_path}"], dry_run=True)
+    assert cells and all(c["status"] == "would run" for c in cells)

@@ -149,6 +149,73 @@ def score(task: str = typer.Option(..., help="xnli, pawsx, udpos, panx, xquad, m
     _guard(lambda: typer.echo(json.dumps(score_files(task, lang, predictions, gold), indent=2)))
 
 
+@app.command("report")
+def report(run_dirs: List[Path] = typer.Argument(..., help="run dirs, or trees of them (e.g. a sweep's run_dir)"),
+           out: Optional[Path] = typer.Option(None, help="output folder [default: <first RUN_DIR>/report]"),
+           split: str = typer.Option("dev", help="which split's results to tabulate: dev or test"),
+           qa_metric: str = typer.Option("em_f1", help="QA score: em_f1 = (EM+F1)/2 as xtreme's evaluate.py, or f1"),
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG figures (needs matplotlib)")) -> None:
+    """Paper-style tables (markdown, CSV, LaTeX) and plots from every results.jsonl under RUN_DIRS.
+
+    Example: stilts report runs/xstilts --out reports/xstilts
+    """
+    from .report import build_report
+    from .tables import to_markdown
+
+    target = out or run_dirs[0] / "report"
+
+    def go() -> None:
+        result = build_report(run_dirs, target, split=split, qa_metric=qa_metric, plots=plots)
+        typer.echo(to_markdown(result["tables"]["main"]))
+        if "delta" in result["tables"]:
+            typer.echo("\n" + to_markdown(result["tables"]["delta"]))
+        for note in result["notes"]:
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(f"\nwrote {len(result['files'])} files to {target} (report.md, report.tex, report.csv, ...)")
+
+    _guard(go)
+
+
+@app.command("sweep")
+def sweep(config: Path = CONFIG,
+          grid: Path = typer.Argument(..., help="GRID.yaml: override key -> list of values (+ optional slurm:)"),
+          overrides: Optional[List[str]] = OVERRIDES,
+          slurm: bool = typer.Option(False, "--slurm", help="write one sbatch script per cell and submit it"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="validate every cell and list them; run nothing"),
+          gpus: Optional[str] = typer.Option(None, help="GPU ids for concurrent local cells, e.g. 0,1 "
+                                                        "[default: every visible GPU]")) -> None:
+    """Run every cell of a grid as `stilts run CONFIG k=v ... run_dir=<run_dir>/<cell>`; a rerun skips finished cells.
+
+    Example: stilts sweep configs/intermediate/mnli.yaml configs/sweeps/example_grid.yaml run_dir=runs/xstilts --slurm
+    """
+    from .sweep import run_sweep
+
+    def go() -> None:
+        cells = run_sweep(config, grid, overrides or [], mode="slurm" if slurm else "local",
+                          gpus=gpus.split(",") if gpus else None, dry_run=dry_run)
+        if any("failed" in c["status"] for c in cells):
+            raise typer.Exit(1)
+
+    _guard(go)
+
+
+@app.command("prepare")
+def prepare_cmd(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
+                check: bool = typer.Option(False, "--check", help="only list what an offline run would lack")) -> None:
+    """Download and cache every model and hub dataset CONFIG needs, for offline clusters sharing HF_HOME.
+
+    Example: stilts prepare configs/intermediate/mnli.yaml data_source=hub
+    """
+    from . import prepare
+
+    cfg = _load(config, overrides)
+    problems = prepare.offline_problems(cfg) if check else prepare.prepare(cfg)
+    if problems:
+        typer.echo(f"error: {len(problems)} problem(s):\n  " + "\n  ".join(problems), err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{config}: everything it needs is {'cached' if check else 'in place'}")
+
+
 @app.command("tasks")
 def tasks() -> None:
     """List every task: family, phase, languages, selection metric and data source.

@@ -1,0 +1,525 @@
+"""`stilts bench`: stilts's training step against the plain Hugging Face Trainer, same GPU, same data.
+
+Both train XLM-R Large (random init from an explicit config: no hub, no tokenizer) on synthetic batches
+shaped like the paper's tasks, with the same batch size and hyperparameters (AdamW lr 1e-5, weight decay
+0.01, linear schedule with 10% warmup, clipping at 1.0, bf16 autocast on CUDA):
+
+- mnli: sentence pairs, lognormal lengths with mean 46 tokens; the Trainer pads to 128 (run_glue).
+- squad: question + context windows of up to 384 tokens (mean 176); the Trainer pads to 384 (run_qa).
+- hellaswag: 4 choices of context + ending (mean 84 tokens each); the Trainer pads each batch to its
+  longest choice (run_swag's DataCollatorForMultipleChoice).
+- mnli@16k: stilts only, ~16k real tokens per step (the MFU target's regime).
+
+Reported per run: samples/s, real (non-pad) tokens/s, computed tokens/s, MFU on real tokens =
+6 * N * real tokens/s / peak, with N the encoder's non-embedding parameters (302M for XLM-R Large;
+embedding lookups do no matmul work; attention-score FLOPs are not counted, so MFU is slightly
+understated) and peak the dense bf16 tensor-core FLOP/s of the device (PEAK_BF16_FLOPS, by device name);
+peak memory (torch.cuda.max_memory_allocated; None on CPU); setup time (model build, CUDA graph capture,
+compilation: not in the throughput). stilts runs once per speed variant; its best variant is compared.
+On CPU it runs a tiny model (2 layers, hidden 32) so that the command itself is tested; no timing claims.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .speed import SpeedConfig
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peak FLOP/s by device-name substring (first match wins; NVIDIA datasheets).
+PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                   ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12)]
+
+XLMR_LARGE = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                  bos_token_id=0, eos_token_id=2)
+XLMR_TINY = dict(XLMR_LARGE, vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=128)
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str  # classification | span | choice
+    mean: float  # mean tokens per sequence (lognormal)
+    sigma: float
+    max_length: int
+    trainer_width: Optional[int]  # the Trainer pads to this; None = the longest in its batch
+    choices: int = 1
+    labels: int = 0
+
+
+SHAPES = {
+    "mnli": Shape("classification", 46, 0.5, 128, 128, labels=3),
+    "squad": Shape("span", 176, 0.45, 384, 384),
+    "hellaswag": Shape("choice", 84, 0.35, 256, None, choices=4),
+}
+
+VARIANTS = {
+    "unpadded+graphs": SpeedConfig(unpadded=True, cuda_graphs=True, workers=1),
+    "padded": SpeedConfig(),
+    "unpadded": SpeedConfig(unpadded=True, workers=1),
+    "unpadded+graphs+compile": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1),
+}
+CPU_VARIANTS = ["unpadded", "padded"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic data.
+
+
+def _lognormal(rng: random.Random, mean: float, sigma: float, lo: int, hi: int) -> int:
+    return min(hi, max(lo, round(rng.lognormvariate(math.log(mean) - sigma ** 2 / 2, sigma))))
+
+
+def synthetic_features(shape: Shape, n: int, vocab: int, seed: int = 0) -> list[dict]:
+    """Features in the families' format: <s> random ids </s>, never the pad id (1)."""
+    rng = random.Random(seed)
+
+    def ids(length: int) -> list[int]:
+        return [0] + [rng.randrange(3, vocab) for _ in range(length - 2)] + [2]
+
+    out = []
+    for i in range(n):
+        if shape.kind == "choice":
+            context = ids(_lognormal(rng, shape.mean * 0.7, shape.sigma, 6, shape.max_length - 2))[:-1]
+            rows = [(context + ids(_lognormal(rng, shape.mean * 0.3, shape.sigma, 3, 64))[1:])[:shape.max_length - 1]
+                    + [2] for _ in range(shape.choices)]
+            out.append({"input_ids": rows, "labels": rng.randrange(shape.choices), "example_index": i})
+            continue
+        row = ids(_lognormal(rng, shape.mean, shape.sigma, 8, shape.max_length))
+        if shape.kind == "span":
+            start = rng.randrange(1, len(row) - 1)
+            end = min(len(row) - 2, start + rng.randrange(0, 30))
+            out.append({"input_ids": row, "start_positions": start, "end_positions": end, "example_index": i})
+        else:
+            out.append({"input_ids": row, "labels": rng.randrange(shape.labels), "example_index": i})
+    return out
+
+
+def _rows(feature: dict) -> list[list[int]]:
+    ids = feature["input_ids"]
+    return ids if ids and isinstance(ids[0], list) else [ids]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Heads for the span and choice shapes (the registry's families are used where they exist in the
+# classification case; these two keep the benchmark independent of families still being written).
+
+
+class _SpanFamily:
+    name = "bench_span"
+
+    def make_head(self, spec, hidden_size):
+        return torch.nn.Linear(hidden_size, 2)
+
+    def forward(self, head, hidden, pooled, batch):
+        logits = head(hidden).float()
+        logits = logits.masked_fill(~batch["attention_mask"].bool().view(logits.shape[:2]).unsqueeze(-1), -1e4)
+        start, end = logits.unbind(-1)
+        loss = (torch.nn.functional.cross_entropy(start, batch["start_positions"])
+                + torch.nn.functional.cross_entropy(end, batch["end_positions"])) / 2
+        return loss, logits
+
+
+class _ChoiceFamily:
+    name = "bench_choice"
+
+    def make_head(self, spec, hidden_size):
+        from .tasks.base import pooled_head
+
+        return pooled_head(hidden_size, 1)
+
+    def forward(self, head, hidden, pooled, batch):
+        logits = head(pooled).view(batch["input_ids"].size(0), -1)
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"]), logits
+
+
+def _spec(shape: Shape):
+    from .tasks import registry
+    from .tasks.base import TaskSpec
+
+    if shape.kind == "classification":
+        return registry.get_task("mnli")
+    family = _SpanFamily() if shape.kind == "span" else _ChoiceFamily()
+    registry.FAMILIES.setdefault(family.name, family)
+    return TaskSpec(name=f"bench_{shape.kind}", family=family.name, description="benchmark", phases=(),
+                    metric="loss", num_choices=shape.choices)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs.
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fresh(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gb(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+
+
+def _config(tiny: bool, **extra: Any):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(**(XLMR_TINY if tiny else XLMR_LARGE), **extra)
+
+
+def _matmul_params(tiny: bool) -> int:
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(_config(tiny), add_pooling_layer=False)
+    return sum(p.numel() for name, p in encoder.named_parameters() if not name.startswith("embeddings."))
+
+
+def _hp(lr: float, batch_size: int, max_length: int):
+    from .config import TrainConfig, merge_train
+
+    return merge_train(TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, epochs=1))
+
+
+def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_size: int, steps: int, warmup: int,
+               device: torch.device, tiny: bool, lr: float, seed: int) -> dict:
+    """stilts's own path: MultiTaskModel, train.py's step, the speed plan."""
+    from transformers import AutoModel
+
+    from . import train as train_mod
+    from .model import MultiTaskModel
+    from .speed import prepare
+
+    _fresh(device)
+    built = time.perf_counter()
+    torch.manual_seed(seed)
+    bf16 = device.type == "cuda"
+    spec = _spec(shape)
+    with torch.device(device):
+        encoder = AutoModel.from_config(_config(tiny), add_pooling_layer=False)
+        model = MultiTaskModel(encoder, [spec])
+    hp = _hp(lr, batch_size, shape.max_length)
+    total = warmup + steps
+    optimizer = train_mod._optimizer(model, hp, fused=device.type == "cuda")
+    scheduler = train_mod._linear_schedule(optimizer, int(hp.warmup * total), total)
+    plan = prepare(model, speed, device, bf16, pad_id=1, max_seqlen=shape.max_length)
+    max_rows = batch_size * shape.choices
+    model.train()
+    # Capture / compile every shape the run will meet before the clock starts (a probe stream with the
+    # same seed yields the same batches); a long training run pays this once.
+    if plan.graphs is not None or plan.compiled:
+        probe = train_mod._Stream(features, batch_size, seed)
+        for _ in range(total):
+            for micro in plan.step_batches([probe.next()], max_rows):
+                plan.prewarm(micro.batch)
+    stream = train_mod._Stream(features, batch_size, seed)
+    batches = train_mod.step_batches(plan, [spec.name] * total, {spec.name: stream}, {spec.name: 1},
+                                     {spec.name: max_rows}, speed.workers)
+    losses: list[torch.Tensor] = []
+    samples = real = computed = 0
+    start = time.perf_counter()
+    setup_s = start - built
+    for i, (task, micro_batches) in enumerate(batches):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+            setup_s = start - built
+            losses, samples, real, computed = [], 0, 0, 0
+        losses += train_mod.train_step(model, task, micro_batches, optimizer, scheduler, None, hp.max_grad_norm,
+                                       device, bf16, plan.set_to_none)
+        samples += sum(m.examples for m in micro_batches)
+        real += sum(m.real_tokens for m in micro_batches)
+        computed += sum(m.computed_tokens for m in micro_batches)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    loss = torch.stack(losses).float().mean().item()
+    result = {
+        "speed": dataclasses.asdict(speed), "unpadded": plan.unpadded, "cuda_graphs": plan.graphs is not None,
+        "compiled": bool(plan.compiled), "graph_buckets": sorted(plan.graphs.entries) if plan.graphs else [],
+        **_rates(samples, real, computed, elapsed, steps), "loss": loss,
+        "peak_memory_gb": _peak_gb(device), "setup_s": setup_s,
+    }
+    plan.close()
+    del model, encoder, optimizer, scheduler, plan, batches
+    if speed.compile:
+        torch._dynamo.reset()
+    if not math.isfinite(loss):
+        result["error"] = f"non-finite loss {loss}"
+    return result
+
+
+def _rates(samples: int, real: int, computed: int, elapsed: float, steps: int) -> dict:
+    return {"steps": steps, "seconds": elapsed, "step_ms": 1000 * elapsed / steps, "samples_per_s": samples / elapsed,
+            "real_tokens_per_s": real / elapsed, "computed_tokens_per_s": computed / elapsed,
+            "real_tokens_per_step": real / steps}
+
+
+class _PadCollator:
+    """The plain Trainer's batches: padded to a fixed width (run_glue, run_qa) or to the batch's longest."""
+
+    def __init__(self, width: Optional[int]):
+        self.width, self.computed, self.rows = width, 0, 0
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [r for item in items for r in _rows(item)]
+        width = self.width or max(map(len, rows))
+        ids = torch.full((len(rows), width), 1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+        batch = {"input_ids": ids, "attention_mask": (ids != 1).long()}
+        if len(rows) != len(items):
+            batch = {k: v.view(len(items), -1, width) for k, v in batch.items()}
+        for key in ("labels", "start_positions", "end_positions"):
+            if key in items[0]:
+                batch[key] = torch.tensor([item[key] for item in items])
+        self.computed += ids.numel()
+        self.rows += len(items)
+        return batch
+
+
+def run_trainer(shape: Shape, features: list[dict], batch_size: int, steps: int, warmup: int,
+                device: torch.device, tiny: bool, lr: float, seed: int) -> dict:
+    """The baseline: transformers.Trainer with its defaults and the same hyperparameters."""
+    from transformers import (AutoModelForMultipleChoice, AutoModelForQuestionAnswering,
+                              AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments)
+
+    class Clock(TrainerCallback):
+        start = end = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == warmup and self.start is None:
+                _sync(device)
+                self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            _sync(device)
+            self.end = time.perf_counter()
+
+    _fresh(device)
+    built = time.perf_counter()
+    torch.manual_seed(seed)
+    cls = {"classification": AutoModelForSequenceClassification, "span": AutoModelForQuestionAnswering,
+           "choice": AutoModelForMultipleChoice}[shape.kind]
+    extra = {"num_labels": shape.labels} if shape.kind == "classification" else {}
+    with torch.device(device):
+        model = cls.from_config(_config(tiny, **extra))
+    hp = _hp(lr, batch_size, shape.max_length)
+    items = [{k: v for k, v in f.items() if k != "example_index"} for f in features[:(warmup + steps) * batch_size]]
+    collator = _PadCollator(shape.trainer_width)
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=warmup + steps, learning_rate=hp.lr,
+            weight_decay=hp.weight_decay, warmup_steps=hp.warmup, max_grad_norm=hp.max_grad_norm,
+            adam_epsilon=1e-8, bf16=device.type == "cuda", use_cpu=device.type != "cuda", seed=seed,
+            report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator, callbacks=[clock])
+        out = trainer.train()
+    elapsed = clock.end - clock.start
+    samples = steps * batch_size
+    real_per_sample = sum(len(r) for item in items for r in _rows(item)) / len(items)
+    result = {"padding": f"max_length {shape.trainer_width}" if shape.trainer_width else "longest in batch",
+              "optim": str(args.optim), **_rates(samples, round(samples * real_per_sample),
+                                                   round(samples * collator.computed / max(1, collator.rows)),
+                                                   elapsed, steps),
+              "loss": float(out.training_loss), "peak_memory_gb": _peak_gb(device), "setup_s": clock.start - built}
+    del trainer, model
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole benchmark.
+
+
+def peak_flops(device: torch.device) -> tuple[Optional[float], str]:
+    if device.type != "cuda":
+        return None, "no peak for CPU"
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in name:
+            return flops, f"{name}: dense bf16 {flops / 1e12:.0f} TFLOP/s ({key})"
+    return None, f"{name}: unknown peak; pass peak_flops"
+
+
+def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: int = 30, warmup: int = 5,
+              batch_size: int = 32, device: Optional[str] = None, tiny: Optional[bool] = None,
+              out_json: Optional[str | Path] = None, variants: Optional[list[str]] = None,
+              tokens_per_step: Optional[int] = 16384, trainer: bool = True, time_budget_s: Optional[float] = None,
+              peak: Optional[float] = None, lr: float = 1e-5, seed: int = 0) -> dict:
+    """Benchmark; returns (and writes to `out_json` after every run, so a cut-off run keeps its results):
+
+    {"device", "torch", "transformers", "model", "matmul_params", "peak_flops", "peak_flops_source",
+     "mfu_formula", "batch_size", "steps", "warmup", "lr",
+     "shapes": {shape: {"batch_size", "real_tokens_per_sample", "trainer": RUN, "variants": {name: RUN},
+                        "stilts": RUN + {"variant"}, "ratio", "memory_ratio"}},
+     "targets": {...}}
+    RUN = {"samples_per_s", "real_tokens_per_s", "computed_tokens_per_s", "mfu_real", "peak_memory_gb",
+           "step_ms", "setup_s", "loss", ...} or {"error": ...} / {"skipped": ...}.
+    `shape` includes "mnli@16k" (stilts only, ~`tokens_per_step` real tokens a step) when tokens_per_step."""
+    import transformers
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tiny = dev.type != "cuda" if tiny is None else tiny
+    variants = variants or (CPU_VARIANTS if dev.type != "cuda" else list(VARIANTS))
+    unknown = [v for v in variants if v not in VARIANTS] + [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown variant/shape {unknown}; variants: {', '.join(VARIANTS)}; "
+                         f"shapes: {', '.join(SHAPES)}")
+    flops, flops_source = (peak, "given") if peak else peak_flops(dev)
+    n_matmul = _matmul_params(tiny)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "model": ("tiny XLM-R (2 layers, hidden 32)" if tiny else "XLM-R Large architecture") + ", random init",
+        "matmul_params": n_matmul, "peak_flops": flops, "peak_flops_source": flops_source,
+        "mfu_formula": "6 * matmul_params * real_tokens_per_s / peak_flops",
+        "batch_size": batch_size, "steps": steps, "warmup": warmup, "lr": lr, "shapes": {},
+    }
+    vocab = (XLMR_TINY if tiny else XLMR_LARGE)["vocab_size"]
+    cases = []  # (key, shape, batch size, with trainer)
+    for name in shapes:
+        cases.append((name, SHAPES[name], batch_size, trainer))
+        if name == "mnli" and tokens_per_step:
+            cases.append((f"mnli@{tokens_per_step // 1000}k", SHAPES[name],
+                          max(1, round(tokens_per_step / SHAPES[name].mean)), False))
+    data = {}
+    for key, shape, bs, _ in cases:
+        data[key] = synthetic_features(shape, (warmup + steps) * bs, vocab, seed)
+        report["shapes"][key] = {"batch_size": bs, "real_tokens_per_sample": sum(
+            len(r) for f in data[key] for r in _rows(f)) / len(data[key]), "variants": {}}
+    # The most telling runs first (Trainer and the expected-best variant of each shape), so that a time
+    # budget or a cut-off keeps them.
+    runs = []
+    for key, _, _, with_trainer in cases:
+        runs += ([(key, "trainer")] if with_trainer else []) + [(key, variants[0])]
+    runs += [(key, v) for v in variants[1:] for key, *_ in cases]
+    started = time.perf_counter()
+    for key, what in runs:
+        shape, bs = next((s, b) for k, s, b, _ in cases if k == key)
+        entry = report["shapes"][key]
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            result: dict[str, Any] = {"skipped": f"time budget of {time_budget_s:.0f} s spent"}
+        else:
+            log.info("bench %s: %s", key, what)
+            try:
+                if what == "trainer":
+                    result = run_trainer(shape, data[key], bs, steps, warmup, dev, tiny, lr, seed)
+                else:
+                    result = run_stilts(shape, data[key], VARIANTS[what], bs, steps, warmup, dev, tiny, lr, seed)
+            except Exception as err:  # one failing variant must not lose the others' numbers
+                log.exception("bench %s %s failed", key, what)
+                result = {"error": f"{type(err).__name__}: {err}"}
+                _fresh(dev)
+        if "real_tokens_per_s" in result:
+            result["mfu_real"] = 6 * n_matmul * result["real_tokens_per_s"] / flops if flops else None
+        if what == "trainer":
+            entry["trainer"] = result
+        else:
+            entry["variants"][what] = result
+        _summarize(entry)
+        report["targets"] = _targets(report)
+        report["elapsed_s"] = time.perf_counter() - started
+        if out_json:
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_json).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _summarize(entry: dict) -> None:
+    done = {k: v for k, v in entry["variants"].items() if "samples_per_s" in v and "error" not in v}
+    if not done:
+        return
+    best = max(done, key=lambda k: done[k]["samples_per_s"])
+    entry["stilts"] = {"variant": best, **done[best]}
+    base = entry.get("trainer", {})
+    if "samples_per_s" in base:
+        entry["ratio"] = entry["stilts"]["samples_per_s"] / base["samples_per_s"]
+        if base.get("peak_memory_gb") and entry["stilts"].get("peak_memory_gb"):
+            entry["memory_ratio"] = entry["stilts"]["peak_memory_gb"] / base["peak_memory_gb"]
+
+
+def _targets(report: dict) -> dict:
+    """The issue's targets, where this run measured them (meaningful on an H100/H200 only)."""
+    out = {}
+    mnli = report["shapes"].get("mnli", {})
+    if "ratio" in mnli:
+        out["mnli_b32_ratio_ge_5"] = {"value": mnli["ratio"], "met": mnli["ratio"] >= 5}
+    big = [(k, e["stilts"]) for k, e in report["shapes"].items() if "stilts" in e
+           and e["stilts"]["real_tokens_per_step"] >= 16000 and e["stilts"].get("mfu_real") is not None]
+    if big:
+        key, run = max(big, key=lambda kv: kv[1]["mfu_real"])
+        out["mfu_real_ge_0.40_at_16k_tokens"] = {"shape": key, "value": run["mfu_real"], "met": run["mfu_real"] >= 0.40}
+    mem = {k: e["memory_ratio"] for k, e in report["shapes"].items() if "memory_ratio" in e}
+    if mem:
+        out["peak_memory_le_trainer"] = {"ratios": mem, "met": all(v <= 1 for v in mem.values())}
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`python -m stilts_xling.bench` (the same options as `stilts bench`), for machines without the CLI."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="mnli,squad,hellaswag")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--variants", default=None, help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--tokens-per-step", type=int, default=16384, help="0: no mnli@16k row")
+    parser.add_argument("--no-trainer", action="store_true")
+    parser.add_argument("--time-budget", type=float, default=None)
+    parser.add_argument("--out", default=None)
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report = run_bench(tuple(s for s in a.shapes.split(",") if s), a.steps, a.warmup, a.batch_size, a.device,
+                       a.tiny, a.out, a.variants.split(",") if a.variants else None, a.tokens_per_step or None,
+                       not a.no_trainer, a.time_budget)
+    print(format_table(report))
+    print(json.dumps(report))
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{report['device']} | {report['model']} | torch {report['torch']} | transformers "
+             f"{report['transformers']} | peak {report['peak_flops_source']}",
+             f"{'shape':<12} {'run':<26} {'samples/s':>10} {'real tok/s':>11} {'MFU real':>9} {'peak GB':>8} "
+             f"{'step ms':>8} {'setup s':>8}"]
+    for key, entry in report["shapes"].items():
+        runs = ([("trainer", entry["trainer"])] if "trainer" in entry else []) + list(entry["variants"].items())
+        for name, r in runs:
+            if "samples_per_s" not in r:
+                lines.append(f"{key:<12} {name:<26} {r.get('error') or r.get('skipped')}")
+                continue
+            mfu = f"{100 * r['mfu_real']:.1f}%" if r.get("mfu_real") is not None else "-"
+            mem = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") is not None else "-"
+            lines.append(f"{key:<12} {name:<26} {r['samples_per_s']:>10.0f} {r['real_tokens_per_s']:>11.0f} "
+                         f"{mfu:>9} {mem:>8} {r['step_ms']:>8.1f} {r['setup_s']:>8.1f}")
+        if "ratio" in entry:
+            lines.append(f"{key:<12} {'stilts / trainer':<26} {entry['ratio']:>10.2f}x  (best: "
+                         f"{entry['stilts']['variant']})")
+    for name, t in report.get("targets", {}).items():
+        lines.append(f"target {name}: {'met' if t['met'] else 'NOT met'} ({t.get('value', t.get('ratios'))})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
