@@ -43,7 +43,9 @@ def write(tmp_path: Path, name: str, text: str, encoding: str = "utf-8") -> Path
 def test_registry_is_complete():
     assert set(READERS) == set(READER_FAMILY) == {
         "mnli_jsonl", "snli_txt", "mnli_txt", "xnli_tsv", "xnli_mt_tsv", "anli_jsonl", "glue_qqp_tsv", "pawsx_tsv",
-        "squad_json", "hellaswag_jsonl", "csqa_jsonl", "cosmosqa_csv", "cosmosqa_jsonl", "ccg_tsv", "conllu", "panx_iob"}
+        "squad_json", "hellaswag_jsonl", "csqa_jsonl", "cosmosqa_csv", "cosmosqa_jsonl", "ccg_tsv", "conllu", "panx_iob",
+        "glue_cola_tsv", "glue_sst2_tsv", "glue_mrpc_tsv", "glue_qnli_tsv", "glue_rte_tsv", "glue_wnli_tsv",
+        "glue_stsb_tsv", "copa_jsonl", "xcopa_jsonl", "siqa_jsonl"}
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -83,6 +83,9 @@ class TaskOptions:
     max_train_examples: Optional[int] = None  # cap on training examples (data-volume studies)
     train_fraction: Optional[float] = None  # or a fraction of them, taken after a seeded shuffle
     data_dir: Optional[str] = None  # this task's files, if not under <data_dir>/<task's folder>
+    # Translated intermediate tasks (mnli_mt, squad_mt): the languages to train on, "en" meaning the English
+    # original; default every translation (translated.py).
+    languages: Optional[list[str]] = None
 
 
 @dataclass
@@ -262,6 +265,16 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                          *((f"xtreme.task_options.{k}", v) for k, v in cfg.xtreme.task_options.items())]:
         if options.train_fraction is not None and not 0 < options.train_fraction <= 1:
             errors.append(f"{key}.train_fraction: must be in (0, 1], got {options.train_fraction}")
+    from . import translated  # imports data.py, which imports this module
+
+    for name, options in cfg.intermediate.task_options.items():
+        if options.languages is not None and name in registry.TASKS:
+            errors += [f"intermediate.task_options.{name}.languages: {problem}"
+                       for problem in translated.option_problems(registry.TASKS[name], options.languages)]
+    for name, options in cfg.xtreme.task_options.items():
+        if options.languages is not None:
+            errors.append(f"xtreme.task_options.{name}.languages: targets choose languages with "
+                          f"xtreme.languages.{name}")
     for key in ("k", "batch_size", "max_length"):
         if getattr(cfg.retrieval, key) <= 0:
             errors.append(f"retrieval.{key}: must be positive, got {getattr(cfg.retrieval, key)}")

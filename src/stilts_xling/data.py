@@ -183,7 +183,8 @@ def collate(features: list[dict], pad_id: int, multiple_of: int = 8) -> dict[str
     for key in features[0]:
         values = [f[key] for f in features]
         if key in _SCALAR_KEYS and not isinstance(values[0], list):
-            batch[key] = torch.tensor(values, dtype=torch.long)
+            # Regression targets (STS-B) are floats; class ids and positions are integers.
+            batch[key] = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
         elif key in _PAD:
             pad = pad_id if _PAD[key] == "pad" else _PAD[key]
             batch[key] = _pad(values, width, pad)
@@ -267,11 +268,11 @@ def token_budget_batches(lengths: list[int], max_tokens: int, shuffle: bool, see
 
 def bucket_length(n: int, buckets: Optional[list[int]] = None, steps: int = 16) -> int:
     """The padded length for `n` tokens: the smallest of `buckets` that fits, or else `n` rounded up to
-    1/steps of its power of two (steps=16: at most ~6% padding; steps=4: ~25%, fewer shapes to compile)."""
+    1/steps of its power of two (steps=16: at most 6.25% padding; steps=8: 12.5%, half as many shapes)."""
     for b in sorted(buckets or ()):
         if b >= n:
             return b
-    step = max(64, (1 << max(0, n - 1).bit_length()) // max(1, steps))
+    step = max(64, (1 << max(0, (n - 1).bit_length() - 1)) // max(1, steps))
     return -(-n // step) * step
 
 

@@ -13,6 +13,7 @@ official scripts, whose quirks are kept on purpose so numbers stay comparable:
 """
 from __future__ import annotations
 
+import math
 import re
 import string
 import unicodedata
@@ -54,6 +55,63 @@ def _check_same_length(preds: Sequence, golds: Sequence) -> None:
         raise ValueError(f"{len(preds)} predictions but {len(golds)} gold labels")
     if not golds:
         raise ValueError("no examples to score")
+
+
+# ---------------------------------------------------------------- GLUE correlations
+def matthews_corr(preds: Sequence, golds: Sequence) -> dict:
+    """{"mcc": 100 * Matthews correlation} (GLUE's CoLA metric, sklearn ``matthews_corrcoef``).
+
+    The multiclass form (Gorodkin 2004), which equals the binary (TP*TN - FP*FN) / sqrt(...) for two
+    labels: (c*s - sum_k p_k*t_k) / sqrt((s^2 - sum_k p_k^2) * (s^2 - sum_k t_k^2)) with s examples,
+    c correct, p_k predicted and t_k gold counts of label k. A zero denominator (one side constant)
+    gives 0, as sklearn does.
+    """
+    _check_same_length(preds, golds)
+    s = len(golds)
+    c = sum(p == g for p, g in zip(preds, golds))
+    p_k, t_k = Counter(preds), Counter(golds)
+    cov_pt = c * s - sum(p_k[k] * t_k[k] for k in p_k)
+    cov_pp = s * s - sum(n * n for n in p_k.values())
+    cov_tt = s * s - sum(n * n for n in t_k.values())
+    if cov_pp == 0 or cov_tt == 0:
+        return {"mcc": 0.0}
+    return {"mcc": 100.0 * cov_pt / math.sqrt(cov_pp * cov_tt)}
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the mean of their positions (scipy ``rankdata``, "average")."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranks[i] = (start + end) / 2 + 1  # mean of positions start+1 .. end+1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    # scipy returns nan for a constant input; model selection needs a number that never wins, so 0.
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+
+
+def pearson_spearman(preds: Sequence[float], golds: Sequence[float]) -> dict:
+    """STS-B: Pearson and Spearman correlation x100 and their mean ("pearson_spearman"), which is
+    GLUE's single STS-B number (and the HF ``glue`` metric's ``combined_score``). Spearman is Pearson
+    on average ranks, so ties are handled as scipy ``spearmanr`` handles them."""
+    _check_same_length(preds, golds)
+    preds, golds = [float(p) for p in preds], [float(g) for g in golds]
+    pearson = 100.0 * _pearson(preds, golds)
+    spearman = 100.0 * _pearson(average_ranks(preds), average_ranks(golds))
+    return {"pearson": pearson, "spearman": spearman, "pearson_spearman": (pearson + spearman) / 2}
 
 
 # ------------------------------------- answer normalisation (SQuAD v1.1/v2.0, MLQA)

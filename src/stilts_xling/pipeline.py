@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import config as config_mod
-from . import metrics
+from . import metrics, translated
 from .cache import cached_features
 from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, TaskOptions, merge_train
@@ -119,8 +119,10 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
     if "intermediate" in phases:
         for name in cfg.intermediate.tasks:
             spec, opts = get_task(name), cfg.intermediate.task_options.get(name)
-            for split in ("train", spec.dev_split):
-                problems += missing_files(spec, split, "en", cfg, opts)
+            problems += (translated.missing_files(spec, cfg, opts) if translated.applies(spec)
+                         else missing_files(spec, "train", "en", cfg, opts))
+            dev_spec = get_task(spec.train_task) if spec.train_task else spec
+            problems += missing_files(dev_spec, dev_spec.dev_split, "en", cfg, None if spec.train_task else opts)
             for extra in spec.extra_train:
                 problems += missing_files(get_task(extra), "train", "en", cfg)
     if "xtreme" in phases:
@@ -148,8 +150,10 @@ def wanted_results(cfg: ExperimentConfig, spec: TaskSpec) -> list[tuple[str, str
 
 
 def _train_examples(spec: TaskSpec, cfg: ExperimentConfig, opts: Optional[TaskOptions]) -> list[dict]:
-    """The task's English training set plus any `extra_train` tasks' (ANLI+), then the volume cap."""
-    examples = load_examples(spec, "train", "en", cfg, opts)
+    """The task's English training set (a translated task's chosen languages) plus any `extra_train`
+    tasks' (ANLI+), then the volume cap."""
+    examples = (translated.train_examples(spec, cfg, opts) if translated.applies(spec)
+                else load_examples(spec, "train", "en", cfg, opts))
     for extra in spec.extra_train:
         examples += load_examples(get_task(extra), "train", "en", cfg)
     return subsample(examples, opts, cfg.seed)
@@ -194,7 +198,9 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
         opts = cfg.intermediate.task_options.get(spec.name)
         train_ex = _train_examples(spec, cfg, opts)
         spec = _fit_labels(spec, train_ex)
-        dev_ex = load_examples(spec, spec.dev_split, "en", cfg, opts)
+        # A task derived from another (translated data: mnli_mt <- mnli) selects on that task's English dev.
+        dev_spec = get_task(spec.train_task) if spec.train_task else spec
+        dev_ex = load_examples(dev_spec, dev_spec.dev_split, "en", cfg, None if spec.train_task else opts)
         tasks.append(TaskData(spec, hp, _features(cfg, spec, train_ex, tokenizer, hp.max_length), dev_ex,
                               _features(cfg, spec, dev_ex, tokenizer, hp.max_length)))
         log.info("%s: %d train / %d dev examples", spec.name, len(train_ex), len(dev_ex))

@@ -2,6 +2,7 @@
 
 Schemas (every reader returns a non-empty list of these, or raises ``DataError``):
   classification   {"id", "text_a", "text_b" (str|None), "label" (str|None)}
+  regression       {"id", "text_a", "text_b" (str|None), "label" (float|None)}
   multiple_choice  {"id", "context", "question", "choices" (list[str]), "label" (int|None)}
   tagging          {"id", "tokens" (list[str]), "tags" (list[str]|None)}
   span_qa          {"id", "title", "context", "question", "answers" [{"text", "answer_start"}],
@@ -520,6 +521,100 @@ def read_bucc(dir: Path, lang: str, split: str):
     raise DataError(f"no BUCC files for {lang}-en split {split!r}; looked for {tried} (and the .en twin)")
 
 
+# ---------------------------------------------------------------- GLUE (download_glue_data.py layout)
+# Train/dev files only: GLUE's test.tsv files have no labels and a different column layout.
+
+def read_glue_cola_tsv(path: Path, lang: str | None = None) -> list[dict]:
+    """CoLA train/dev: no header; ``source<TAB>label<TAB>original label<TAB>sentence`` (label 0/1)."""
+    out = []
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise _err(path, n, f"expected 4 tab-separated columns (source, label, original label, sentence), "
+                       f"found {len(fields)}", "use CoLA's train.tsv/dev.tsv (test.tsv has no labels)")
+        # Sources ("gj04") repeat, so the running index is the id.
+        out.append(_pair(str(len(out)), fields[3], None, _label(fields[1], BINARY_LABELS, path, n)))
+    return _nonempty(out, path)
+
+
+def read_glue_sst2_tsv(path: Path, lang: str | None = None) -> list[dict]:
+    """SST-2 train/dev: header ``sentence<TAB>label`` (label 0/1)."""
+    out = [_pair(str(i), row["sentence"], None, _label(row["label"], BINARY_LABELS, path, n))
+           for i, (n, row) in enumerate(_tsv(path, ("sentence", "label")))]
+    return _nonempty(out, path)
+
+
+def read_glue_mrpc_tsv(path: Path, lang: str | None = None) -> list[dict]:
+    """MRPC train/dev (msr_paraphrase layout): ``Quality #1 ID #2 ID #1 String #2 String``, Quality 0/1."""
+    out = [_pair(str(i), row["#1 String"], row["#2 String"], _label(row["Quality"], BINARY_LABELS, path, n))
+           for i, (n, row) in enumerate(_tsv(path, ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")))]
+    return _nonempty(out, path)
+
+
+ENTAILMENT_LABELS = ("entailment", "not_entailment")
+
+
+def _glue_pair_reader(first: str, second: str, labels: tuple[str, ...]) -> Callable[..., list[dict]]:
+    """QNLI (index question sentence label), RTE and WNLI (index sentence1 sentence2 label)."""
+    def read(path: Path, lang: str | None = None) -> list[dict]:
+        out = [_pair(row["index"], row[first], row[second], _label(row["label"], labels, path, n))
+               for n, row in _tsv(path, ("index", first, second, "label"))]
+        return _nonempty(out, path)
+    return read
+
+
+read_glue_qnli_tsv = _glue_pair_reader("question", "sentence", ENTAILMENT_LABELS)
+read_glue_rte_tsv = _glue_pair_reader("sentence1", "sentence2", ENTAILMENT_LABELS)
+read_glue_wnli_tsv = _glue_pair_reader("sentence1", "sentence2", BINARY_LABELS)
+
+
+def read_glue_stsb_tsv(path: Path, lang: str | None = None) -> list[dict]:
+    """STS-B train/dev: ten columns, read by name: sentence1, sentence2, score (a float in [0, 5])."""
+    out = []
+    for n, row in _tsv(path, ("index", "sentence1", "sentence2", "score")):
+        try:
+            score = float(row["score"])
+        except ValueError:
+            raise _err(path, n, f"score {row['score']!r} is not a number", "fix or drop the record") from None
+        out.append(_pair(row["index"], row["sentence1"], row["sentence2"], score))
+    return _nonempty(out, path)
+
+
+# ---------------------------------------------------------------- COPA / XCOPA / Social IQa
+
+_COPA_QUESTIONS = ("cause", "effect")
+
+
+def read_copa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
+    """SuperGLUE COPA and XCOPA (same fields): premise, choice1, choice2, question (cause|effect), label,
+    idx. ``question`` stays the bare word; the multiple-choice family turns it into a question."""
+    out = []
+    for n, obj in _jsonl(path):
+        question = _get(obj, "question", path, n)
+        if question not in _COPA_QUESTIONS:
+            raise _err(path, n, f"question {question!r} is not 'cause' or 'effect'", "fix the record")
+        out.append(_mc(str(_get(obj, "idx", path, n)), _get(obj, "premise", path, n), question,
+                       [_get(obj, "choice1", path, n), _get(obj, "choice2", path, n)], obj.get("label"), path, n))
+    return _nonempty(out, path)
+
+
+def read_siqa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
+    """Social IQa v1.4 ``socialIQa_v1.4_{trn,dev,tst}.jsonl``: context, question, answerA-C, correct A|B|C.
+
+    The files carry no ids, so the record index is the id."""
+    out = []
+    for n, obj in _jsonl(path):
+        correct = obj.get("correct") or None
+        if correct is not None and correct not in "ABC":
+            raise _err(path, n, f"'correct' is {correct!r}, not A, B or C", "fix the record")
+        out.append(_mc(str(len(out)), _get(obj, "context", path, n), _get(obj, "question", path, n),
+                       [_get(obj, f"answer{k}", path, n) for k in "ABC"],
+                       None if correct is None else "ABC".index(correct), path, n))
+    return _nonempty(out, path)
+
+
 READERS: dict[str, Callable[..., list[dict]]] = {
     "mnli_jsonl": read_mnli_jsonl, "mnli_txt": read_nli_txt, "snli_txt": read_nli_txt,
     "xnli_tsv": read_xnli_tsv, "xnli_mt_tsv": read_xnli_mt_tsv, "anli_jsonl": read_anli_jsonl,
@@ -528,6 +623,10 @@ READERS: dict[str, Callable[..., list[dict]]] = {
     "cosmosqa_csv": read_cosmosqa_csv, "cosmosqa_jsonl": read_cosmosqa_jsonl,
     "ccg_tsv": read_ccg_tsv, "conllu": read_conllu, "panx_iob": read_panx_iob,
     "squad_json": read_squad_json,
+    "glue_cola_tsv": read_glue_cola_tsv, "glue_sst2_tsv": read_glue_sst2_tsv, "glue_mrpc_tsv": read_glue_mrpc_tsv,
+    "glue_qnli_tsv": read_glue_qnli_tsv, "glue_rte_tsv": read_glue_rte_tsv, "glue_wnli_tsv": read_glue_wnli_tsv,
+    "glue_stsb_tsv": read_glue_stsb_tsv,
+    "copa_jsonl": read_copa_jsonl, "xcopa_jsonl": read_copa_jsonl, "siqa_jsonl": read_siqa_jsonl,
 }
 READER_FAMILY: dict[str, str] = {
     **dict.fromkeys(("mnli_jsonl", "mnli_txt", "snli_txt", "xnli_tsv", "xnli_mt_tsv", "anli_jsonl",
@@ -535,4 +634,8 @@ READER_FAMILY: dict[str, str] = {
     **dict.fromkeys(("hellaswag_jsonl", "csqa_jsonl", "cosmosqa_csv", "cosmosqa_jsonl"), "multiple_choice"),
     **dict.fromkeys(("ccg_tsv", "conllu", "panx_iob"), "tagging"),
     "squad_json": "span_qa",
+    **dict.fromkeys(("glue_cola_tsv", "glue_sst2_tsv", "glue_mrpc_tsv", "glue_qnli_tsv", "glue_rte_tsv",
+                     "glue_wnli_tsv"), "classification"),
+    "glue_stsb_tsv": "regression",  # the classification schema with a float label
+    **dict.fromkeys(("copa_jsonl", "xcopa_jsonl", "siqa_jsonl"), "multiple_choice"),
 }

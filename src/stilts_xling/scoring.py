@@ -62,6 +62,7 @@ def _answer_text(prediction: Any) -> str:
 
 _WRITERS: dict[str, Callable[[dict, list[dict]], str]] = {
     "classification": _write_classification, "multiple_choice": _write_classification,
+    "regression": _write_classification,  # one score per line (STS-B)
     "tagging": _write_tagging, "span_qa": _write_span_qa,
 }
 

@@ -6,8 +6,13 @@ Pairing follows jiant's task files (`jiant/tasks/lib/{hellaswag,commonsenseqa,co
   HellaSwag      prompt = ctx_a,                     choice = ctx_b + " " + ending
   CommonsenseQA  prompt = question stem,             choice = answer text
   Cosmos QA      prompt = context + " " + question,  choice = answer text
+and XTREME-R's `third_party/run_xcopa.py` for the XCOPA recipe:
+  Social IQa     prompt = context + " " + question,  choice = answerA/B/C
+  COPA, XCOPA    prompt = premise + " What was the " + question + "?" (question is "cause" or "effect")
 The readers already put ctx_b in front of each ending and leave `context` or `question` empty where a
-dataset lacks it, so one rule covers all three: first = context and question joined by a space.
+dataset lacks it, so one rule covers all: first = context and question joined by a space, the question
+first put into the task's template from QUESTION_TEMPLATES (COPA's bare "cause"/"effect", which stays
+English for every XCOPA language, as in XTREME-R).
 
 Truncation: only the first segment is cut, from its left, so the question (Cosmos QA) and the end of the
 context nearest the choice (HellaSwag) survive. jiant cuts the longer segment from its end, which for an
@@ -22,11 +27,17 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..config import TrainConfig
+from ..languages import XTREME_R_LANGUAGES
 from .base import FileSource, HubSource, TaskSpec, pooled_head
 
 
-def first_segment(example: dict) -> str:
-    return " ".join(part for part in (example["context"], example["question"]) if part)
+# Task name -> how its `question` field reads as a question; tasks not listed use it as it is.
+QUESTION_TEMPLATES = {"copa": "What was the {}?", "xcopa": "What was the {}?"}
+
+
+def first_segment(example: dict, template: str = "{}") -> str:
+    question = template.format(example["question"]) if example["question"] else ""
+    return " ".join(part for part in (example["context"], question) if part)
 
 
 class MultipleChoiceFamily:
@@ -37,7 +48,8 @@ class MultipleChoiceFamily:
             if len(ex["choices"]) != spec.num_choices:  # a batch is a [B, C, T] tensor: C must not vary
                 raise ValueError(f"{spec.name}: example {ex['id']!r} has {len(ex['choices'])} choices, "
                                  f"the task has {spec.num_choices}; fix or drop that record")
-        firsts = [first_segment(ex) for ex in examples for _ in ex["choices"]]
+        template = QUESTION_TEMPLATES.get(spec.name, "{}")
+        firsts = [first_segment(ex, template) for ex in examples for _ in ex["choices"]]
         seconds = [choice for ex in examples for choice in ex["choices"]]
         flat = _encode_pairs(tokenizer, firsts, seconds, max_length)
         c = spec.num_choices
@@ -124,6 +136,9 @@ def _encode_pairs(tokenizer: Any, firsts: list[str], seconds: list[str], max_len
 
 FAMILY = MultipleChoiceFamily()
 
+_COPA_FIELDS = {"id": "idx", "context": "premise", "question": "question", "choices": "choice1,choice2",
+                "label": "label"}
+
 # Hyperparameters: the companion study's per-task search (facts.md 5), max length 256 as there.
 # Batches are padded to their longest pair, so a lower cap would only truncate more, not run faster.
 TASKS = [
@@ -164,5 +179,43 @@ TASKS = [
                       fields={"id": "id", "context": "context", "question": "question",
                               "choices": "answer0,answer1,answer2,answer3", "label": "label"}),
         train=TrainConfig(epochs=15, lr=1e-5, batch_size=16, max_length=256),
+    ),
+    # ------------------------------------------------------------------ XTREME-R's XCOPA recipe
+    # scripts/train_xcopa.sh: train on English Social IQa, then on English COPA, then predict XCOPA
+    # zero-shot. Here that is `intermediate.tasks: [siqa]` and the target `xcopa` (trained on copa);
+    # configs/smoke/xcopa.yaml. One difference: XTREME-R keeps the SIQa-trained scoring head for COPA,
+    # while every target here starts from a fresh head (the encoder is what carries over).
+    # Hyperparameters for XLM-R Large from that script: lr 3e-5, batch 2 x 16 accumulation, 5 epochs, length 128.
+    TaskSpec(
+        name="siqa", family="multiple_choice", phases=("intermediate",), metric="accuracy",
+        description="Social IQa: 3-way questions about social situations (XTREME-R's first XCOPA stage)",
+        num_choices=3,
+        # No hub source: the hub copy (allenai/social_i_qa) numbers its answers 1-3 as strings.
+        files=FileSource(folder="siqa", reader="siqa_jsonl", splits={
+            "train": "socialIQa_v1.4_trn.jsonl", "dev": "socialIQa_v1.4_dev.jsonl"},
+            hint="download https://maartensap.github.io/social-iqa/data/socialIQa_v1.4.tgz and untar it into {dir}"),
+        train=TrainConfig(epochs=5, lr=3e-5, batch_size=32, max_length=128),
+    ),
+    TaskSpec(
+        name="copa", family="multiple_choice", phases=("intermediate",), metric="accuracy",
+        description="COPA (SuperGLUE): pick the more plausible cause or effect of a premise; XCOPA's English data",
+        num_choices=2,
+        files=FileSource(folder="copa", reader="copa_jsonl", splits={
+            "train": "COPA/train.jsonl", "dev": "COPA/val.jsonl", "test": "COPA/test.jsonl"},
+            hint="download https://dl.fbaipublicfiles.com/glue/superglue/data/v2/COPA.zip and unzip it into {dir}"),
+        hub=HubSource(path="aps/super_glue", name="copa", splits={"train": "train", "dev": "validation"},
+                      fields=_COPA_FIELDS),
+        train=TrainConfig(epochs=5, lr=3e-5, batch_size=32, max_length=128),
+    ),
+    TaskSpec(
+        name="xcopa", family="multiple_choice", phases=("xtreme",), metric="accuracy", group="classification",
+        description="XCOPA (XTREME-R): trained on English COPA, zero-shot causal reasoning in 11 languages",
+        num_choices=2, languages=XTREME_R_LANGUAGES["xcopa"], train_task="copa",
+        files=FileSource(folder="xcopa", reader="xcopa_jsonl", splits={
+            "dev": "data/{lang}/val.{lang}.jsonl", "test": "data/{lang}/test.{lang}.jsonl"},
+            hint="git clone https://github.com/cambridgeltl/xcopa {dir} (files data/<lang>/{val,test}.<lang>.jsonl)"),
+        hub=HubSource(path="cambridgeltl/xcopa", name="{lang}", splits={"dev": "validation", "test": "test"},
+                      fields=_COPA_FIELDS),
+        train=TrainConfig(epochs=5, lr=3e-5, batch_size=32, max_length=128),
     ),
 ]

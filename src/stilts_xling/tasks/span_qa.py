@@ -298,4 +298,17 @@ TASKS = [
                       splits={"train": "train", "dev": "validation"}),
         train=_QA_TRAIN,
     ),
+    # Machine-translated intermediate data (facts.md 1.5 b): XTREME's translate-train SQuAD v1.1, one file
+    # per language; languages from intermediate.task_options.squad_mt.languages ("en" = SQuAD v1.1 itself),
+    # selected on English SQuAD dev (train_task). See translated.py.
+    TaskSpec(
+        name="squad_mt", family="span_qa", phases=("intermediate",), metric="em_f1", scorer="squad_v1",
+        description="SQuAD v1.1 train machine-translated (XTREME translate-train); languages from task_options",
+        languages=XTREME_LANGUAGES["xquad"], train_task="squad_v1",
+        files=FileSource(folder="squad_mt", reader="squad_json", splits={
+            "train": "translate-train/squad.translate.train.en-{lang}.json"},
+            hint="download https://storage.googleapis.com/xtreme_translations/SQuAD/translate-train/"
+                 "squad.translate.train.en-<lang>.json for each language into {dir}/translate-train"),
+        train=_QA_TRAIN,
+    ),
 ]
