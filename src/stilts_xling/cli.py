@@ -34,7 +34,7 @@ def _guard(fn: Callable[[], None]) -> None:
 
     try:
         fn()
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataError, ValueError, OSError) as err:  # OSError: disk full, unreadable files, hub
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
 
@@ -86,6 +86,7 @@ def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
     _check_data_or_exit(cfg, ("xtreme",))
 
     def go() -> None:
+        pipeline.encoder_source(cfg)  # a missing encoder fails before anything is written
         with pipeline.start(cfg, new_run) as ctx:
             pipeline.eval_xtreme(ctx)
             print(pipeline.summary(ctx))

@@ -233,6 +233,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
 
 def encoder_source(cfg: ExperimentConfig) -> str:
     if cfg.xtreme.encoder:
+        check_encoder_dir(cfg.xtreme.encoder)
         return cfg.xtreme.encoder
     if cfg.intermediate.tasks:
         enc = intermediate_dir(cfg) / "encoder"
@@ -240,8 +241,28 @@ def encoder_source(cfg: ExperimentConfig) -> str:
             raise ValueError(f"no intermediate encoder at {enc}: run `stilts train-intermediate CONFIG` first, "
                              "or set xtreme.encoder=<dir or hub id> (e.g. xtreme.encoder=xlm-roberta-large for "
                              "the baseline)")
+        check_encoder_dir(str(enc))
         return str(enc)
     return cfg.model.name
+
+
+def check_encoder_dir(source: str) -> None:
+    """A local encoder must be complete: a missing or half-copied directory fails here, clearly, instead
+    of deep inside transformers (or, worse, by falling back to a hub download of a same-named model)."""
+    path = Path(source).expanduser()
+    looks_local = source.startswith(("/", ".", "~")) or path.exists()
+    if not looks_local:
+        return  # a hub id
+    if not path.is_dir():
+        raise ValueError(f"encoder directory {path} does not exist; train-intermediate writes it to "
+                         "<run_dir>/intermediate/encoder")
+    missing = [name for name, found in [
+        ("config.json", (path / "config.json").is_file()),
+        ("model weights (*.safetensors or *.bin)", any(path.glob("*.safetensors")) or any(path.glob("*.bin")))]
+        if not found]
+    if missing:
+        raise ValueError(f"encoder directory {path} is incomplete (no {', '.join(missing)}); rerun "
+                         "`stilts train-intermediate` for it, or point xtreme.encoder at a complete directory")
 
 
 def finished(ctx: Context, spec: TaskSpec) -> set[tuple[str, str]]:

@@ -1,0 +1,169 @@
+"""Faults a long GPU job meets, injected one by one: each gives a clear message and loses nothing."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ASSETS, REPO, SMOKE
+from stilts_xling import checkpoint
+from stilts_xling.cache import cache_key
+from stilts_xling.results import append_rows, read_rows
+from stilts_xling.tasks.registry import family_of, get_task
+
+QUICK = ["intermediate.train.max_steps=6", "xtreme.train.max_steps=6", "xtreme.languages={xnli: [en, de]}",
+         "xtreme.splits=[dev]"]
+
+
+def copy_assets(tmp_path: Path, *names: str) -> Path:
+    root = tmp_path / "data"
+    for name in names:
+        shutil.copytree(ASSETS / name, root / name)
+    return root
+
+
+def test_corrupt_line_names_file_and_line_and_keeps_results(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK).exit_code == 0
+    before = (run_dir / "results.jsonl").read_text()
+    data = copy_assets(tmp_path, "mnli", "xnli")
+    train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
+    lines = train.read_text().splitlines()
+    lines[6] = lines[6][:40]  # a torn JSON line
+    train.write_text("\n".join(lines) + "\n")
+    result = cli("run", SMOKE, f"run_dir={tmp_path / 'run2'}", f"data_dir={data}", *QUICK)
+    assert result.exit_code == 2
+    assert f"{train}:7:" in result.output
+    assert (run_dir / "results.jsonl").read_text() == before
+
+
+def test_label_outside_the_label_set(tmp_path, cli):
+    data = copy_assets(tmp_path, "mnli", "xnli")
+    train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
+    lines = train.read_text().splitlines()
+    record = json.loads(lines[2])
+    record["gold_label"] = "entails"
+    lines[2] = json.dumps(record)
+    train.write_text("\n".join(lines) + "\n")
+    result = cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'r'}", f"data_dir={data}", *QUICK)
+    assert result.exit_code == 2 and f"{train}:3:" in result.output and "entails" in result.output
+
+
+def test_empty_split_is_an_error(tmp_path, cli):
+    data = copy_assets(tmp_path, "mnli", "xnli")
+    (data / "mnli" / "multinli_1.0" / "multinli_1.0_dev_matched.jsonl").write_text("")
+    result = cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'r'}", f"data_dir={data}", *QUICK)
+    assert result.exit_code == 2 and "multinli_1.0_dev_matched.jsonl" in result.output
+
+
+def test_missing_or_partial_encoder(tmp_path, cli):
+    result = cli("eval-xtreme", SMOKE, f"run_dir={tmp_path / 'r'}", f"xtreme.encoder={tmp_path / 'nope'}", *QUICK)
+    assert result.exit_code == 2 and "does not exist" in result.output
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    result = cli("eval-xtreme", SMOKE, f"run_dir={tmp_path / 'r'}", f"xtreme.encoder={partial}", *QUICK)
+    assert result.exit_code == 2 and "incomplete" in result.output and "model weights" in result.output
+
+
+def test_tokenizer_that_does_not_match_the_model():
+    from stilts_xling.model import check_vocab
+
+    class Tok:
+        def __len__(self):
+            return 5000
+
+    model = torch.nn.Module()
+    model.get_input_embeddings = lambda: torch.nn.Embedding(1000, 4)
+    with pytest.raises(ValueError, match="do not belong together"):
+        check_vocab(model, Tok(), "some-model")
+
+
+def test_changed_config_refuses_with_a_diff_then_new_run_archives(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK).exit_code == 0
+    before = (run_dir / "results.jsonl").read_text()
+    result = cli("run", SMOKE, f"run_dir={run_dir}", *QUICK, "seed=2")
+    assert result.exit_code == 2
+    assert "-seed: 1" in result.output and "+seed: 2" in result.output and "--new-run" in result.output
+    assert (run_dir / "results.jsonl").read_text() == before
+    assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK, "seed=2", "--new-run").exit_code == 0
+    (archived,) = (run_dir / "archive").iterdir()
+    assert (archived / "results.jsonl").read_text() == before  # the old run, intact
+    assert {r["seed"] for r in read_rows(run_dir / "results.jsonl")} == {2}
+
+
+def test_a_run_dir_is_locked_against_a_second_run(tmp_path):
+    from stilts_xling.config import load_config
+    from stilts_xling.pipeline import start
+
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
+    first = start(cfg)
+    try:
+        code = ("import sys; from stilts_xling.config import load_config; from stilts_xling.pipeline import start\n"
+                f"start(load_config({str(SMOKE)!r}, ['run_dir={tmp_path / 'run'}']))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode != 0 and "is in use by pid" in out.stderr
+    finally:
+        first.close()
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "state.pt"
+    checkpoint.save(path, {"step": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(checkpoint.CheckpointError, match="the disk is full; the previous checkpoint .* is intact"):
+        checkpoint.save(path, {"step": 2})
+    monkeypatch.undo()
+    assert checkpoint.load(path) == {"step": 1}
+    assert not path.with_name("state.pt.tmp").exists()
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable.*delete it"):
+        checkpoint.load(path)
+    assert checkpoint.load(tmp_path / "none.pt") is None
+
+
+def test_disk_full_while_appending_results_leaves_earlier_rows(tmp_path, monkeypatch):
+    path = tmp_path / "results.jsonl"
+    append_rows(path, [{"a": 1}])
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        append_rows(path, [{"a": 2}])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert read_rows(path)[0] == {"a": 1}
+
+
+def test_feature_cache_key_changes_with_everything_it_depends_on():
+    from stilts_xling.model import TINY_TOKENIZER, load_tokenizer
+
+    tok = load_tokenizer(str(TINY_TOKENIZER))
+    spec = get_task("mnli")
+    fam = family_of(spec)
+    examples = [{"id": "1", "text_a": "a b", "text_b": "c", "label": "neutral"}]
+    base = cache_key(spec, fam, examples, tok, 64)
+    assert cache_key(spec, fam, examples, tok, 64) == base
+    assert cache_key(spec, fam, examples, tok, 128) != base
+    assert cache_key(spec, fam, [{**examples[0], "label": "entailment"}], tok, 64) != base
+    assert cache_key(get_task("xnli"), fam, examples, tok, 64) != base
+    tok.add_tokens(["brandnewtoken"])
+    assert cache_key(spec, fam, examples, tok, 64) != base
