@@ -167,3 +167,86 @@ def test_feature_cache_key_changes_with_everything_it_depends_on():
     assert cache_key(get_task("xnli"), fam, examples, tok, 64) != base
     tok.add_tokens(["brandnewtoken"])
     assert cache_key(spec, fam, examples, tok, 64) != base
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kill and resume: the smoke run killed mid-training finishes with exactly the uninterrupted metrics.
+
+
+def _metrics(run_dir: Path) -> dict:
+    return {(r["phase"], r["task"], r["language"], r["split"], r["metric"]): r["value"]
+            for r in read_rows(run_dir / "results.jsonl")}
+
+
+def _start(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stilts_xling.cli", "run", str(SMOKE), f"run_dir={run_dir}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import run_cli
+
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    assert run_cli("run", SMOKE, f"run_dir={run_dir}").exit_code == 0
+    return _metrics(run_dir)
+
+
+@pytest.mark.parametrize("phase_dir", ["intermediate", "xtreme/xnli"])
+def test_sigkill_mid_training_then_rerun_gives_the_same_results(tmp_path, cli, uninterrupted, phase_dir):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_for(run_dir / phase_dir / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    result = cli("run", SMOKE, f"run_dir={run_dir}")
+    assert result.exit_code == 0, result.output
+    assert _metrics(run_dir) == uninterrupted  # bit-identical on CPU
+    assert not (run_dir / phase_dir / "checkpoint.pt").exists()  # removed once the phase is complete
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cli, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_for(run_dir / "intermediate" / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert "rerun the same command to resume" in out
+    assert (run_dir / "intermediate" / "checkpoint.pt").exists()
+    assert cli("run", SMOKE, f"run_dir={run_dir}").exit_code == 0
+    assert _metrics(run_dir) == uninterrupted
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cli, monkeypatch):
+    from stilts_xling.tasks.classification import ClassificationFamily
+
+    real = ClassificationFamily.forward
+    calls = {"n": 0}
+
+    def poisoned(self, head, hidden, pooled, batch):
+        loss, logits = real(self, head, hidden, pooled, batch)
+        if loss is not None and head.training:
+            calls["n"] += 1
+            if calls["n"] == 30:  # the 30th training micro batch = step 30 (no accumulation)
+                loss = loss * float("nan")
+        return loss, logits
+
+    monkeypatch.setattr(ClassificationFamily, "forward", poisoned)
+    run_dir = tmp_path / "run"
+    result = cli("train-intermediate", SMOKE, f"run_dir={run_dir}")
+    assert result.exit_code == 3
+    assert "became NaN/inf at step 30" in result.output
+    state = checkpoint.load(run_dir / "intermediate" / "checkpoint.pt")
+    assert state["step"] == 20  # the evaluation checkpoint before the bad step
+    assert not (run_dir / "intermediate" / "done.json").exists()

@@ -31,9 +31,13 @@ def _load(config: Path, overrides: Optional[List[str]]) -> ExperimentConfig:
 def _guard(fn: Callable[[], None]) -> None:
     """User errors (bad data, missing files, bad config) end with one clear message and exit code 2."""
     from .readers import DataError
+    from .train import TrainingStopped
 
     try:
         fn()
+    except TrainingStopped as err:  # a signal or a diverged loss: the checkpoint is safe
+        typer.echo(f"stopped: {err}", err=True)
+        raise typer.Exit(3)
     except (ConfigError, DataError, ValueError, OSError) as err:  # OSError: disk full, unreadable files, hub
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

@@ -57,11 +57,13 @@ class TrainConfig:
     eval_every: Optional[int] = None  # optimizer steps between dev evaluations; 0 = once per epoch
     eval_subset: Optional[int] = None  # dev examples used for model selection; 0 = all
     patience: Optional[int] = None  # evaluations without improvement before stopping; 0 = never stop
+    checkpoint_every: Optional[int] = None  # optimizer steps between resumable checkpoints; 0 = at each evaluation
 
 
 TRAIN_DEFAULTS = TrainConfig(
     epochs=3, lr=1e-5, batch_size=32, micro_batch_size=None, max_length=256, weight_decay=0.01,
     warmup=0.1, max_grad_norm=1.0, max_steps=None, eval_every=1000, eval_subset=500, patience=30,
+    checkpoint_every=0,
 )
 
 

@@ -208,8 +208,9 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     phase_hp = merge_train(specs[0].train if len(specs) == 1 else None, cfg.intermediate.train)
     encoder = load_encoder(cfg.model.name, cfg.model, tokenizer)
     model = MultiTaskModel(encoder, [t.spec for t in tasks])
+    ckpt = intermediate_dir(cfg) / "checkpoint.pt"
     result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks))
+                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks), checkpoint_path=ckpt)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     rows = []
     for task in tasks:  # full dev sets for the record; selection used the subset
@@ -224,6 +225,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
         append_rows(ctx.results, rows)
         (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
         done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
+        ckpt.unlink(missing_ok=True)  # the phase is complete; the encoder and rows hold everything
     return out
 
 
@@ -304,8 +306,9 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
 
     set_seed(cfg.seed)
     model = MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec])
+    ckpt = ctx.run_dir / "xtreme" / spec.name / "checkpoint.pt"
     result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}")
+                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     done = finished(ctx, spec)
     batch = (hp.micro_batch_size or hp.batch_size) * 2
@@ -322,6 +325,8 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
                 "xtreme", spec.name, language=lang, split=split, encoder=source,
                 train_task=train_spec.name, best_step=result.best_step), metrics))
         print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    if ctx.accelerator.is_main_process:
+        ckpt.unlink(missing_ok=True)  # every language is scored; a rerun skips this target
 
 
 def summary(ctx: Context) -> str:

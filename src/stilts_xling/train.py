@@ -4,19 +4,24 @@ Each optimizer step samples a task (sampling.py), accumulates `batch_size / micr
 batches of that task, clips, steps AdamW and the linear schedule. Every `eval_every` steps the model is
 scored on a dev subset of every task; the best state (mean of the tasks' selection metrics) is kept and
 restored at the end (jiant's load_best_model), with early stopping after `patience` evaluations.
+The speed options (speed.py: unpadded rows, token budgets, CUDA graphs, compile, collation threads)
+change how batches are built and run, not what a step computes.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .config import SamplerConfig, TrainConfig
 from .data import feature_length, length_grouped_batches
 from .evaluate import autocast, evaluate
@@ -44,6 +49,43 @@ class TrainResult:
     history: list[dict]
 
 
+class TrainingStopped(RuntimeError):
+    """Training ended early on purpose (a signal) or by necessity (a non-finite loss); the message says
+    where the last good checkpoint is and how to go on."""
+
+
+class _Signals:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and stops."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a test runner's worker): keep the defaults
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _first_bad(step_losses: list[tuple[int, torch.Tensor]]) -> Optional[int]:
+    """The first step whose loss is NaN/inf, with one host sync for all the steps given."""
+    if not step_losses:
+        return None
+    values = torch.stack([loss.float() for _, loss in step_losses]).cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    return step_losses[int(bad[0])][0] if len(bad) else None
+
+
 class _Stream:
     """Endless, reshuffled-per-epoch micro batches of one task's features."""
 
@@ -69,6 +111,12 @@ def _dev_subset(task: TaskData, size: int, seed: int) -> tuple[list[dict], list[
     features = [{**f, "example_index": remap[f["example_index"]]} for f in task.dev_features
                 if f["example_index"] in keep]
     return examples, features
+
+
+def _diverged(step: int, path: Optional[Path]) -> str:
+    where = f"the last good checkpoint is {path}" if path and path.exists() else "no checkpoint was written yet"
+    return (f"the training loss became NaN/inf at step {step}; stopped there, {where}. Lower the learning "
+            "rate or check the data, then rerun (delete the checkpoint to start the phase afresh)")
 
 
 def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool) -> torch.optim.Optimizer:
@@ -134,7 +182,11 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
 
 def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
           pad_id: int, seed: int, bf16: bool = True, desc: str = "train",
-          on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None) -> TrainResult:
+          on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None,
+          checkpoint_path: Optional[Path] = None) -> TrainResult:
+    """Train; with `checkpoint_path`, resume from it when it exists and write it every
+    `hp.checkpoint_every` steps (0: at each evaluation) and at the end. A resumed run replays the same
+    data order and RNG states, so on CPU it ends bit-identical to an uninterrupted one."""
     device = accelerator.device
     names = [t.spec.name for t in tasks]
     by_name = {t.spec.name: t for t in tasks}
@@ -158,58 +210,101 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     rng = random.Random(seed)
     # Drawn up front so that batches can be collated ahead; the same draws as one per step.
     schedule = [rng.choices(names, weights=[probs[n] for n in names])[0] for _ in range(steps)]
-    batches = step_batches(plan, schedule, streams, accum, max_rows, speed.workers)
     best = TrainResult(best_step=-1, best_score=-math.inf, dev_metrics={}, history=[])
-    best_state, bad_evals = None, 0
+    best_state, bad_evals, start = None, 0, 0
+    state = checkpoint.load(checkpoint_path) if checkpoint_path else None
+    if state is not None:
+        if state["steps"] != steps or state["schedule"] != schedule:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint {checkpoint_path} belongs to a different training setup ({state['steps']} steps, "
+                f"now {steps}); delete it to start this phase afresh")
+        start, bad_evals, best_state, best = state["step"], state["bad_evals"], state["best_state"], state["best"]
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        for task in schedule[:start]:  # replay the data order up to the checkpoint (index work only)
+            for _ in range(accum[task]):
+                streams[task].next()
+        log.info("resuming from %s at step %d of %d", checkpoint_path, start, steps)
+    batches = step_batches(plan, schedule[start:], streams, accum, max_rows, speed.workers)
     loss_sums = {n: torch.zeros((), device=device) for n in names}
     loss_counts = {n: 0 for n in names}
+    unchecked: list[tuple[int, torch.Tensor]] = []  # per-step losses not yet checked for NaN/inf
     seen_examples, seen_tokens, started = 0, 0, time.perf_counter()
 
+    def save_checkpoint(step: int) -> None:
+        bad = _first_bad(unchecked)  # never save a diverged state
+        if bad is not None:
+            raise TrainingStopped(_diverged(bad, checkpoint_path))
+        unchecked.clear()
+        if checkpoint_path is None or not accelerator.is_main_process:
+            return
+        checkpoint.save(checkpoint_path, {
+            "step": step, "steps": steps, "schedule": schedule, "bad_evals": bad_evals, "best": best,
+            "best_state": best_state, "model": accelerator.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state()})
+
     model.train()
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    for step, (task, micro_batches) in zip(bar, batches):
-        step_losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
-                                 device, bf16, plan.set_to_none)
-        for loss in step_losses:
-            loss_sums[task] += loss  # stays on device: no host sync per step
-        loss_counts[task] += len(micro_batches)
-        seen_examples += sum(m.examples for m in micro_batches)
-        seen_tokens += sum(m.tokens for m in micro_batches)
+    bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps, desc=desc,
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    with _Signals() as signals:
+        for step, (task, micro_batches) in zip(bar, batches):
+            step_losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
+                                     device, bf16, plan.set_to_none)
+            for loss, part in zip(step_losses, micro_batches):  # stays on device: no host sync per step
+                loss_sums[task] += loss if part.weight is None else loss * (part.weight * len(micro_batches))
+            loss_counts[task] += len(micro_batches)
+            seen_examples += sum(m.examples for m in micro_batches)
+            seen_tokens += sum(m.tokens for m in micro_batches)
+            unchecked.append((step, torch.stack(step_losses).sum()))
 
-        if step % 20 == 0 or step == steps:  # one host sync per 20 steps for the progress bar
-            elapsed = time.perf_counter() - started
-            losses = {n: (loss_sums[n] / loss_counts[n]).item() for n in names if loss_counts[n]}
-            bar.set_postfix(loss=f"{sum(losses.values()) / max(1, len(losses)):.4f}",
-                            ex_s=f"{seen_examples / elapsed:.0f}", tok_s=f"{seen_tokens / elapsed:.0f}")
-            best.history.append({"step": step, "lr": scheduler.get_last_lr()[0],
-                                 **{f"loss/{n}": v for n, v in losses.items()}})
-            loss_sums = {n: torch.zeros((), device=device) for n in names}
-            loss_counts = {n: 0 for n in names}
+            if step % 20 == 0 or step == steps:  # one host sync per 20 steps for the progress bar
+                bad = _first_bad(unchecked)
+                if bad is not None:
+                    raise TrainingStopped(_diverged(bad, checkpoint_path))
+                unchecked.clear()
+                elapsed = time.perf_counter() - started
+                losses = {n: (loss_sums[n] / loss_counts[n]).item() for n in names if loss_counts[n]}
+                bar.set_postfix(loss=f"{sum(losses.values()) / max(1, len(losses)):.4f}",
+                                ex_s=f"{seen_examples / elapsed:.0f}", tok_s=f"{seen_tokens / elapsed:.0f}")
+                best.history.append({"step": step, "lr": scheduler.get_last_lr()[0],
+                                     **{f"loss/{n}": v for n, v in losses.items()}})
+                loss_sums = {n: torch.zeros((), device=device) for n in names}
+                loss_counts = {n: 0 for n in names}
 
-        if step % eval_every == 0 or step == steps:
-            metrics = {}
-            with plan.evaluation():
-                for n in names:
-                    examples, features = dev[n]
-                    if examples:
-                        metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
-                                                 micro[n] * 2, device, pad_id, bf16)
-            scores = [metrics[n][by_name[n].spec.metric] for n in metrics]
-            score = sum(scores) / len(scores) if scores else float(step)  # no dev data: the last state wins
-            best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
-            if on_eval:
-                on_eval(step, metrics)
-            log.info("step %d: dev %s", step, {n: m[by_name[n].spec.metric] for n, m in metrics.items()})
-            if score > best.best_score:
-                best.best_step, best.best_score, best.dev_metrics = step, score, metrics
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in
-                              accelerator.unwrap_model(model).state_dict().items()}
-                bad_evals = 0
-            else:
-                bad_evals += 1
-                if hp.patience and bad_evals >= hp.patience:
-                    log.info("early stopping at step %d: no dev improvement in %d evaluations", step, bad_evals)
-                    break
+            if step % eval_every == 0 or step == steps:
+                metrics = {}
+                with plan.evaluation():
+                    for n in names:
+                        examples, features = dev[n]
+                        if examples:
+                            metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
+                                                     micro[n] * 2, device, pad_id, bf16)
+                scores = [metrics[n][by_name[n].spec.metric] for n in metrics]
+                score = sum(scores) / len(scores) if scores else float(step)  # no dev data: the last state wins
+                best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
+                if on_eval:
+                    on_eval(step, metrics)
+                log.info("step %d: dev %s", step, {n: m[by_name[n].spec.metric] for n, m in metrics.items()})
+                if score > best.best_score:
+                    best.best_step, best.best_score, best.dev_metrics = step, score, metrics
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in
+                                  accelerator.unwrap_model(model).state_dict().items()}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                    if hp.patience and bad_evals >= hp.patience:
+                        log.info("early stopping at step %d: no dev improvement in %d evaluations", step, bad_evals)
+                        save_checkpoint(steps)  # a rerun resumes at the end: nothing left to train
+                        break
+            every = hp.checkpoint_every or eval_every
+            if step % every == 0 or step == steps or signals.received:
+                save_checkpoint(step)
+            if signals.received:
+                bar.close()
+                raise TrainingStopped(f"stopped by signal {signals.received} after step {step}; the checkpoint "
+                                      f"{checkpoint_path} holds it: rerun the same command to resume")
     bar.close()
     batches.close()
     plan.close()
