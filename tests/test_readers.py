@@ -18,6 +18,7 @@ FAMILY_KEYS = {
     "multiple_choice": {"id", "context", "question", "choices", "label"},
     "tagging": {"id", "tokens", "tags"},
     "span_qa": {"id", "title", "context", "question", "answers", "is_impossible"},
+    "mlm": {"id", "text"},
 }
 
 
@@ -45,7 +46,7 @@ def test_registry_is_complete():
         "mnli_jsonl", "snli_txt", "mnli_txt", "xnli_tsv", "xnli_mt_tsv", "anli_jsonl", "glue_qqp_tsv", "pawsx_tsv",
         "squad_json", "hellaswag_jsonl", "csqa_jsonl", "cosmosqa_csv", "cosmosqa_jsonl", "ccg_tsv", "conllu", "panx_iob",
         "glue_cola_tsv", "glue_sst2_tsv", "glue_mrpc_tsv", "glue_qnli_tsv", "glue_rte_tsv", "glue_wnli_tsv",
-        "glue_stsb_tsv", "copa_jsonl", "xcopa_jsonl", "siqa_jsonl"}
+        "glue_stsb_tsv", "copa_jsonl", "xcopa_jsonl", "siqa_jsonl", "text_lines"}
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -14,8 +14,9 @@ Reported per run: samples/s, real (non-pad) tokens/s, computed tokens/s, MFU on 
 6 * N * real tokens/s / peak, with N the encoder's non-embedding parameters (302M for XLM-R Large;
 embedding lookups do no matmul work; attention-score FLOPs are not counted, so MFU is slightly
 understated) and peak the dense bf16 tensor-core FLOP/s of the device (PEAK_BF16_FLOPS, by device name);
-peak memory (torch.cuda.max_memory_allocated; None on CPU); setup time (model build, CUDA graph capture,
-compilation: not in the throughput). stilts runs once per speed variant; its best variant is compared.
+peak memory allocated and reserved (torch.cuda.max_memory_*; None on CPU; the memory ratio uses
+reserved, which counts CUDA-graph pools); setup time (model build, CUDA graph capture, compilation: not
+in the throughput; compiled code is reused by later runs in the same process). stilts runs once per speed variant; its best variant is compared.
 On CPU it runs a tiny model (2 layers, hidden 32) so that the command itself is tested; no timing claims.
 """
 from __future__ import annotations
@@ -66,13 +67,15 @@ SHAPES = {
     "hellaswag": Shape("choice", 84, 0.35, 256, None, choices=4),
 }
 
+# In run order: the plain loop first, then the riskier paths (a CUDA fault ends the runs after it).
 VARIANTS = {
+    "padded": SpeedConfig(),  # train.py's defaults: length-grouped padded batches, eager
     "unpadded+graphs": SpeedConfig(unpadded=True, cuda_graphs=True, workers=1),
-    "padded": SpeedConfig(),
-    "unpadded": SpeedConfig(unpadded=True, workers=1),
     "unpadded+graphs+compile": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1),
+    "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),
+    "unpadded": SpeedConfig(unpadded=True, workers=1),
 }
-CPU_VARIANTS = ["unpadded", "padded"]
+CPU_VARIANTS = ["padded", "unpadded"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,8 +117,9 @@ def _rows(feature: dict) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Heads for the span and choice shapes (the registry's families are used where they exist in the
-# classification case; these two keep the benchmark independent of families still being written).
+# Task heads: the registry's own tasks (stilts's real path); minimal stand-ins should one be missing.
+
+_REAL_TASKS = {"classification": "mnli", "span": "squad_v1", "choice": "hellaswag"}
 
 
 class _SpanFamily:
@@ -150,8 +154,12 @@ def _spec(shape: Shape):
     from .tasks import registry
     from .tasks.base import TaskSpec
 
-    if shape.kind == "classification":
-        return registry.get_task("mnli")
+    try:
+        spec = registry.get_task(_REAL_TASKS[shape.kind])
+        if spec.family in registry.FAMILIES:
+            return spec
+    except KeyError:
+        pass
     family = _SpanFamily() if shape.kind == "span" else _ChoiceFamily()
     registry.FAMILIES.setdefault(family.name, family)
     return TaskSpec(name=f"bench_{shape.kind}", family=family.name, description="benchmark", phases=(),
@@ -174,8 +182,13 @@ def _fresh(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak_gb(device: torch.device) -> Optional[float]:
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+def _peak_gb(device: torch.device) -> dict[str, Optional[float]]:
+    """Peak allocated and peak reserved memory. CUDA graphs replay into pool blocks the allocator counts
+    as free once captured, so `reserved` is the honest figure for them; the memory target uses it."""
+    if device.type != "cuda":
+        return {"peak_memory_gb": None, "peak_reserved_gb": None}
+    return {"peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2 ** 30}
 
 
 def _config(tiny: bool, **extra: Any):
@@ -252,14 +265,13 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     loss = torch.stack(losses).float().mean().item()
     result = {
         "speed": dataclasses.asdict(speed), "unpadded": plan.unpadded, "cuda_graphs": plan.graphs is not None,
-        "compiled": bool(plan.compiled), "graph_buckets": sorted(plan.graphs.entries) if plan.graphs else [],
-        **_rates(samples, real, computed, elapsed, steps), "loss": loss,
-        "peak_memory_gb": _peak_gb(device), "setup_s": setup_s,
+        "compiled": bool(plan.compiled),
+        "graph_buckets": sorted(k for k, e in plan.graphs.entries.items() if e is not None) if plan.graphs else [],
+        "graph_failures": plan.graphs.failed if plan.graphs else [],
+        **_rates(samples, real, computed, elapsed, steps), "loss": loss, **_peak_gb(device), "setup_s": setup_s,
     }
     plan.close()
     del model, encoder, optimizer, scheduler, plan, batches
-    if speed.compile:
-        torch._dynamo.reset()
     if not math.isfinite(loss):
         result["error"] = f"non-finite loss {loss}"
     return result
@@ -298,7 +310,8 @@ def run_trainer(shape: Shape, features: list[dict], batch_size: int, steps: int,
                 device: torch.device, tiny: bool, lr: float, seed: int) -> dict:
     """The baseline: transformers.Trainer with its defaults and the same hyperparameters."""
     from transformers import (AutoModelForMultipleChoice, AutoModelForQuestionAnswering,
-                              AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments)
+                              AutoModelForSequenceClassification, PrinterCallback, Trainer, TrainerCallback,
+                              TrainingArguments)
 
     class Clock(TrainerCallback):
         start = end = None
@@ -308,9 +321,10 @@ def run_trainer(shape: Shape, features: list[dict], batch_size: int, steps: int,
                 _sync(device)
                 self.start = time.perf_counter()
 
-        def on_train_end(self, args, state, control, **kwargs):
-            _sync(device)
-            self.end = time.perf_counter()
+        def on_step_end(self, args, state, control, **kwargs):  # before the end-of-training bookkeeping
+            if state.global_step == warmup + steps:
+                _sync(device)
+                self.end = time.perf_counter()
 
     _fresh(device)
     built = time.perf_counter()
@@ -332,6 +346,7 @@ def run_trainer(shape: Shape, features: list[dict], batch_size: int, steps: int,
             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
             dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator, callbacks=[clock])
+        trainer.remove_callback(PrinterCallback)  # keeps stdout to the table and the JSON
         out = trainer.train()
     elapsed = clock.end - clock.start
     samples = steps * batch_size
@@ -340,7 +355,7 @@ def run_trainer(shape: Shape, features: list[dict], batch_size: int, steps: int,
               "optim": str(args.optim), **_rates(samples, round(samples * real_per_sample),
                                                    round(samples * collator.computed / max(1, collator.rows)),
                                                    elapsed, steps),
-              "loss": float(out.training_loss), "peak_memory_gb": _peak_gb(device), "setup_s": clock.start - built}
+              "loss": float(out.training_loss), **_peak_gb(device), "setup_s": clock.start - built}
     del trainer, model
     return result
 
@@ -372,7 +387,7 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
                         "stilts": RUN + {"variant"}, "ratio", "memory_ratio"}},
      "targets": {...}}
     RUN = {"samples_per_s", "real_tokens_per_s", "computed_tokens_per_s", "mfu_real", "peak_memory_gb",
-           "step_ms", "setup_s", "loss", ...} or {"error": ...} / {"skipped": ...}.
+           "peak_reserved_gb", "step_ms", "setup_s", "loss", ...} or {"error": ...} / {"skipped": ...}.
     `shape` includes "mnli@16k" (stilts only, ~`tokens_per_step` real tokens a step) when tokens_per_step."""
     import transformers
 
@@ -398,19 +413,17 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
     for name in shapes:
         cases.append((name, SHAPES[name], batch_size, trainer))
         if name == "mnli" and tokens_per_step:
-            cases.append((f"mnli@{tokens_per_step // 1000}k", SHAPES[name],
+            tag = f"{tokens_per_step // 1024}k" if tokens_per_step % 1024 == 0 else str(tokens_per_step)
+            cases.append((f"mnli@{tag}", SHAPES[name],
                           max(1, round(tokens_per_step / SHAPES[name].mean)), False))
     data = {}
     for key, shape, bs, _ in cases:
         data[key] = synthetic_features(shape, (warmup + steps) * bs, vocab, seed)
         report["shapes"][key] = {"batch_size": bs, "real_tokens_per_sample": sum(
             len(r) for f in data[key] for r in _rows(f)) / len(data[key]), "variants": {}}
-    # The most telling runs first (Trainer and the expected-best variant of each shape), so that a time
-    # budget or a cut-off keeps them.
-    runs = []
-    for key, _, _, with_trainer in cases:
-        runs += ([(key, "trainer")] if with_trainer else []) + [(key, variants[0])]
-    runs += [(key, v) for v in variants[1:] for key, *_ in cases]
+    # Baselines first, then variant by variant (a time budget or a cut-off keeps what ran).
+    runs = [(key, "trainer") for key, _, _, with_trainer in cases if with_trainer]
+    runs += [(key, v) for v in variants for key, *_ in cases]
     started = time.perf_counter()
     for key, what in runs:
         shape, bs = next((s, b) for k, s, b, _ in cases if k == key)
@@ -435,7 +448,7 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
         else:
             entry["variants"][what] = result
         _summarize(entry)
-        report["targets"] = _targets(report)
+        report["targets"] = _targets(report) if dev.type == "cuda" else {}
         report["elapsed_s"] = time.perf_counter() - started
         if out_json:
             Path(out_json).parent.mkdir(parents=True, exist_ok=True)
@@ -452,8 +465,8 @@ def _summarize(entry: dict) -> None:
     base = entry.get("trainer", {})
     if "samples_per_s" in base:
         entry["ratio"] = entry["stilts"]["samples_per_s"] / base["samples_per_s"]
-        if base.get("peak_memory_gb") and entry["stilts"].get("peak_memory_gb"):
-            entry["memory_ratio"] = entry["stilts"]["peak_memory_gb"] / base["peak_memory_gb"]
+        if base.get("peak_reserved_gb") and entry["stilts"].get("peak_reserved_gb"):
+            entry["memory_ratio"] = entry["stilts"]["peak_reserved_gb"] / base["peak_reserved_gb"]
 
 
 def _targets(report: dict) -> dict:
@@ -501,7 +514,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 def format_table(report: dict) -> str:
     lines = [f"{report['device']} | {report['model']} | torch {report['torch']} | transformers "
              f"{report['transformers']} | peak {report['peak_flops_source']}",
-             f"{'shape':<12} {'run':<26} {'samples/s':>10} {'real tok/s':>11} {'MFU real':>9} {'peak GB':>8} "
+             f"{'shape':<12} {'run':<26} {'samples/s':>10} {'real tok/s':>11} {'MFU real':>9} {'alloc/res GB':>13} "
              f"{'step ms':>8} {'setup s':>8}"]
     for key, entry in report["shapes"].items():
         runs = ([("trainer", entry["trainer"])] if "trainer" in entry else []) + list(entry["variants"].items())
@@ -510,9 +523,10 @@ def format_table(report: dict) -> str:
                 lines.append(f"{key:<12} {name:<26} {r.get('error') or r.get('skipped')}")
                 continue
             mfu = f"{100 * r['mfu_real']:.1f}%" if r.get("mfu_real") is not None else "-"
-            mem = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") is not None else "-"
+            mem = (f"{r['peak_memory_gb']:.1f}/{r['peak_reserved_gb']:.1f}" if r.get("peak_memory_gb") is not None
+                   else "-")
             lines.append(f"{key:<12} {name:<26} {r['samples_per_s']:>10.0f} {r['real_tokens_per_s']:>11.0f} "
-                         f"{mfu:>9} {mem:>8} {r['step_ms']:>8.1f} {r['setup_s']:>8.1f}")
+                         f"{mfu:>9} {mem:>13} {r['step_ms']:>8.1f} {r['setup_s']:>8.1f}")
         if "ratio" in entry:
             lines.append(f"{key:<12} {'stilts / trainer':<26} {entry['ratio']:>10.2f}x  (best: "
                          f"{entry['stilts']['variant']})")

@@ -221,6 +221,36 @@ def prepare_cmd(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
     typer.echo(f"{config}: everything it needs is {'cached' if check else 'in place'}")
 
 
+@app.command("bench")
+def bench(shapes: str = typer.Option("mnli,squad,hellaswag", help="comma-separated: mnli, squad, hellaswag"),
+          steps: int = typer.Option(30, help="timed optimizer steps per run"),
+          warmup: int = typer.Option(5, help="untimed steps before them (CUDA graphs and compilation come earlier)"),
+          batch_size: int = typer.Option(32, help="examples per optimizer step, for the Trainer and for stilts"),
+          tiny: Optional[bool] = typer.Option(None, "--tiny/--full",
+                                              help="2-layer hidden-32 model or XLM-R Large (default: tiny on CPU)"),
+          device: Optional[str] = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda when there is one)"),
+          variants: Optional[str] = typer.Option(None, help="comma-separated stilts speed variants "
+                                                            "(default: all on CUDA, padded,unpadded on CPU)"),
+          tokens_per_step: int = typer.Option(16384, help="add an MNLI run with this many real tokens a step; 0: none"),
+          trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="run the plain HF Trainer baseline"),
+          time_budget: Optional[float] = typer.Option(None, help="start no new run after this many seconds"),
+          out: Optional[Path] = typer.Option(None, help="also write the JSON here (rewritten after every run)")) -> None:
+    """Throughput of stilts's training step against the plain HF Trainer on the same device and data:
+    samples/s, real tokens/s, MFU on real tokens, peak memory and the ratio, as a table and as JSON.
+
+    Example: stilts bench --out benchmarks/h100.json
+    """
+    import json
+
+    from .bench import format_table, run_bench
+
+    _setup_logging()
+    report = run_bench(tuple(s for s in shapes.split(",") if s), steps, warmup, batch_size, device, tiny, out,
+                       variants.split(",") if variants else None, tokens_per_step or None, trainer, time_budget)
+    typer.echo(format_table(report))
+    typer.echo(json.dumps(report))
+
+
 @app.command("tasks")
 def tasks() -> None:
     """List every task: family, phase, languages, selection metric and data source.

@@ -134,6 +134,20 @@ class RetrievalConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How batches are built and run (speed.py); the defaults are the plain padded loop. Results do not
+    depend on these, up to floating-point summation order."""
+
+    unpadded: bool = False  # pack each micro batch's real tokens into one row; attention stays per sequence
+    token_budget: Optional[int] = None  # max tokens per micro batch (packed: real tokens; padded: rows x longest)
+    cuda_graphs: bool = False  # replay the encoder's forward+backward as CUDA graphs (CUDA, needs unpadded)
+    compile: bool = False  # torch.compile each encoder layer (regional; two compilations, then none)
+    buckets: list[int] = field(default_factory=list)  # packed lengths to pad up to; empty = automatic
+    bucket_steps: int = 16  # automatic buckets per power of two: 16 = at most 6.25% padding
+    workers: int = 0  # background threads that collate batches ahead of the loop; 0 = inline
+
+
+@dataclass
 class ExperimentConfig:
     run_dir: str = "runs/default"
     seed: int = 1
@@ -141,13 +155,13 @@ class ExperimentConfig:
     data_source: Literal["files", "hub"] = "files"
     offline: bool = False  # never touch the network (also implied by HF_HUB_OFFLINE=1)
     bf16: bool = True  # bf16 autocast when a CUDA device is present; ignored on CPU
-    num_workers: int = 0  # tokenization/collation workers
     feature_cache: bool = True  # reuse tokenized features across runs (keyed by data, tokenizer, code)
     cache_dir: Optional[str] = None  # default: $XDG_CACHE_HOME/stilts_xling/features
     model: ModelConfig = field(default_factory=ModelConfig)
     intermediate: IntermediateConfig = field(default_factory=IntermediateConfig)
     xtreme: XtremeConfig = field(default_factory=XtremeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,6 +291,17 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
         if options.languages is not None:
             errors.append(f"xtreme.task_options.{name}.languages: targets choose languages with "
                           f"xtreme.languages.{name}")
+    sp = cfg.speed
+    if sp.token_budget is not None and sp.token_budget <= 0:
+        errors.append(f"speed.token_budget: must be positive, got {sp.token_budget}")
+    if sp.workers < 0:
+        errors.append(f"speed.workers: must be 0 or more, got {sp.workers}")
+    if sp.bucket_steps < 1:
+        errors.append(f"speed.bucket_steps: must be at least 1, got {sp.bucket_steps}")
+    if any(b <= 0 for b in sp.buckets):
+        errors.append(f"speed.buckets: lengths must be positive, got {sp.buckets}")
+    if sp.cuda_graphs and not sp.unpadded:
+        errors.append("speed.cuda_graphs: needs speed.unpadded: true (graphs are captured over packed rows)")
     for key in ("k", "batch_size", "max_length"):
         if getattr(cfg.retrieval, key) <= 0:
             errors.append(f"retrieval.{key}: must be positive, got {getattr(cfg.retrieval, key)}")

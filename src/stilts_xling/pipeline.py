@@ -210,7 +210,8 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     model = MultiTaskModel(encoder, [t.spec for t in tasks])
     ckpt = intermediate_dir(cfg) / "checkpoint.pt"
     result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks), checkpoint_path=ckpt)
+                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks), checkpoint_path=ckpt,
+                   speed=cfg.speed)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     rows = []
     for task in tasks:  # full dev sets for the record; selection used the subset
@@ -308,7 +309,7 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     model = MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec])
     ckpt = ctx.run_dir / "xtreme" / spec.name / "checkpoint.pt"
     result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt)
+                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt, speed=cfg.speed)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     done = finished(ctx, spec)
     batch = (hp.micro_batch_size or hp.batch_size) * 2

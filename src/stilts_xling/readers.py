@@ -7,6 +7,7 @@ Schemas (every reader returns a non-empty list of these, or raises ``DataError``
   tagging          {"id", "tokens" (list[str]), "tags" (list[str]|None)}
   span_qa          {"id", "title", "context", "question", "answers" [{"text", "answer_start"}],
                     "is_impossible"}
+  mlm              {"id", "text"}
 Every reader is ``read_xxx(path, lang=None)``; ``READERS`` maps a format name to it and
 ``READER_FAMILY`` the name to its schema. ``lang`` filters only where a file mixes languages
 (XNLI tsv; TyDiQA ids) or changes parsing (CoNLL-U); per-language files ignore it.
@@ -600,6 +601,13 @@ def read_copa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     return _nonempty(out, path)
 
 
+def read_text_lines(path: Path, lang: str | None = None) -> list[dict]:
+    """Plain text for masked LM, one sentence or paragraph per line (Wikipedia extracts); blank lines are
+    skipped and the line number is the id."""
+    out = [{"id": str(n), "text": line.strip()} for n, line in _lines(path) if line.strip()]
+    return _nonempty(out, path, what="non-blank lines")
+
+
 def read_siqa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     """Social IQa v1.4 ``socialIQa_v1.4_{trn,dev,tst}.jsonl``: context, question, answerA-C, correct A|B|C.
 
@@ -627,6 +635,7 @@ READERS: dict[str, Callable[..., list[dict]]] = {
     "glue_qnli_tsv": read_glue_qnli_tsv, "glue_rte_tsv": read_glue_rte_tsv, "glue_wnli_tsv": read_glue_wnli_tsv,
     "glue_stsb_tsv": read_glue_stsb_tsv,
     "copa_jsonl": read_copa_jsonl, "xcopa_jsonl": read_copa_jsonl, "siqa_jsonl": read_siqa_jsonl,
+    "text_lines": read_text_lines,
 }
 READER_FAMILY: dict[str, str] = {
     **dict.fromkeys(("mnli_jsonl", "mnli_txt", "snli_txt", "xnli_tsv", "xnli_mt_tsv", "anli_jsonl",
@@ -638,4 +647,5 @@ READER_FAMILY: dict[str, str] = {
                      "glue_wnli_tsv"), "classification"),
     "glue_stsb_tsv": "regression",  # the classification schema with a float label
     **dict.fromkeys(("copa_jsonl", "xcopa_jsonl", "siqa_jsonl"), "multiple_choice"),
+    "text_lines": "mlm",
 }

@@ -29,7 +29,7 @@ _KEY = ("run", "config_hash", "seed", "task", "language", "split", "metric")
 _REQUIRED = (*_KEY, "phase", "intermediate", "value")
 # Config keys that choose what is evaluated or where files go, not how a model is trained: runs that
 # differ only in these are the same setting.
-_NOT_A_VARIANT = ("run_dir", "seed", "offline", "num_workers", "data_dir", "intermediate.tasks", "xtreme.tasks",
+_NOT_A_VARIANT = ("run_dir", "seed", "offline", "speed", "data_dir", "intermediate.tasks", "xtreme.tasks",
                   "xtreme.languages", "xtreme.splits", "xtreme.encoder", "xtreme.qa_score")
 
 

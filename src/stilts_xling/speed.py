@@ -6,17 +6,21 @@ launches a step leave the GPU idle most of the time. So:
 
 - `unpadded`: the real tokens of a micro batch go into one row (data.collate_packed) with per-sequence
   position ids; attention stays within each sequence (flash-attention varlen from PyTorch's own kernels on
-  CUDA in bf16/fp16, a block-diagonal mask elsewhere). Falls back to padded batches, with a warning, for a
+  CUDA in bf16/fp16, per-sequence padded SDPA elsewhere). Falls back to padded batches, with a warning, for a
   model this has not been checked on or when the packed and padded encoders disagree at start-up.
 - `token_budget`: micro batches capped by tokens instead of count; the optimizer step still sees
   `batch_size` examples, each micro batch's loss weighted by its share of them.
 - `cuda_graphs`: the encoder's forward and backward are captured once per packed-length bucket and
   replayed (one launch each); gradients accumulate in place, so `zero_grad` keeps the tensors.
-- `compile`: torch.compile each encoder layer (regional: one compilation serves all 24), dynamic=False,
-  shapes bucketed (`buckets`, `bucket_steps`) so that it compiles once per bucket, not per length.
+- `compile`: torch.compile each encoder layer (regional: one compilation serves all 24 layers). Lengths
+  vary from batch to batch; dynamo compiles the first shape static and, at the first other length, a
+  length-generic version (automatic dynamic): two compilations in all. Length-grouped batches of 32 MNLI
+  pairs pack to ~600-3,500 tokens, ~25 buckets: a static compilation per bucket would cost minutes.
+- `buckets` / `bucket_steps`: packed lengths are padded up to a few sizes (<6.25% padding by default) so
+  that CUDA graphs are captured once per size, not per length.
 - `workers`: threads that collate (and pin) the next batches while the GPU works.
 
-This module imports nothing from the package at import time (config.py imports `SpeedConfig` from here).
+Nothing from the package is imported at module level, so config.py can import `SpeedConfig` from here.
 """
 from __future__ import annotations
 
@@ -31,18 +35,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
+from .config import SpeedConfig  # noqa: F401  (re-exported: the loop and the bench take it from here)
+
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SpeedConfig:
-    unpadded: bool = False  # pack each micro batch's real tokens into one row; attention stays per sequence
-    token_budget: Optional[int] = None  # max tokens per micro batch (packed: real tokens; padded: rows x longest)
-    cuda_graphs: bool = False  # replay the encoder's forward+backward as CUDA graphs (CUDA, needs unpadded)
-    compile: bool = False  # torch.compile each encoder layer, dynamic=False over bucketed shapes
-    buckets: list[int] = field(default_factory=list)  # packed lengths to pad up to; empty = automatic
-    bucket_steps: Optional[int] = None  # automatic buckets per power of two: 16 (~6% padding), 4 with compile
-    workers: int = 0  # background threads that collate batches ahead of the loop; 0 = inline
 
 
 ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionInterface
@@ -77,14 +74,28 @@ class _FlashVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def _block_diagonal_sdpa(query, key, value, cu, dropout: float, scale: Optional[float]):
-    """Reference path ([1, H, T, D] in and out): SDPA with a mask that keeps each sequence to itself.
-    Costs T^2 per head, so it serves CPU, float32 and tests, not long packed rows on a GPU."""
-    positions = torch.arange(query.size(2), device=query.device, dtype=cu.dtype)
-    segment = torch.searchsorted(cu[1:].contiguous(), positions, right=True)
-    mask = (segment[:, None] == segment[None, :])[None, None]
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
-                                                            scale=scale)
+def _segment_sdpa(query, key, value, cu, max_len: int, dropout: float, scale: Optional[float]):
+    """Fallback ([1, H, T, D] in, [1, T, H, D] out): scatter the packed rows into a padded
+    [segments, H, max_len, D] batch, run SDPA with a key-padding mask, gather back. Costs what the padded
+    path costs; serves CPU, float32 and GPUs without the flash kernels."""
+    heads, total, dim = query.size(1), query.size(2), query.size(3)
+    tokens = torch.arange(total, device=query.device, dtype=cu.dtype)
+    segment = torch.searchsorted(cu[1:].contiguous(), tokens, right=True)
+    slot = tokens.long() - cu.long()[segment]
+    lengths = (cu[1:] - cu[:-1]).long().clamp(min=1)  # empty rows attend to one zero slot, never to nothing
+    static = torch.compiler.is_compiling() or (query.is_cuda and torch.cuda.is_current_stream_capturing())
+    if not static:  # eager: pad to this batch's longest row, not to max_len (one host read per layer)
+        max_len = int(lengths.max())
+    keep = (torch.arange(max_len, device=query.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+    def pad(x):
+        out = x.new_zeros(cu.numel() - 1, max_len, heads, dim)
+        out[segment, slot] = x[0].transpose(0, 1)
+        return out.transpose(1, 2)
+
+    out = torch.nn.functional.scaled_dot_product_attention(pad(query), pad(key), pad(value), attn_mask=keep,
+                                                           dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2)[segment, slot].unsqueeze(0)
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -101,8 +112,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
         scale = scaling if scaling is not None else query.size(-1) ** -0.5
         out = _FlashVarlen.apply(q, k, v, cu, kwargs["max_length_q"], dropout, scale)
         return out.unsqueeze(0), None
-    out = _block_diagonal_sdpa(query, key, value, cu, dropout, scaling)
-    return out.transpose(1, 2).contiguous(), None
+    return _segment_sdpa(query, key, value, cu, kwargs["max_length_q"], dropout, scaling), None
 
 
 def _register() -> None:
@@ -122,7 +132,7 @@ def flash_available(device: torch.device) -> bool:
         try:
             _FLASH_OK[index] = torch.cuda.get_device_capability(index) >= (8, 0) and _flash_self_test(index)
         except Exception as err:  # any kernel/dispatch problem means: use the fallback
-            log.warning("flash-attention varlen unavailable (%s); packed rows use a block-diagonal mask", err)
+            log.warning("flash-attention varlen unavailable (%s); packed rows use padded SDPA", err)
             _FLASH_OK[index] = False
     return _FLASH_OK[index]
 
@@ -143,7 +153,7 @@ def _flash_self_test(index: int) -> bool:
     ref_grads = torch.autograd.grad((ref * weight).sum(), (rq, rk, rv))
     ok = all(torch.allclose(a.float(), b, atol=3e-2, rtol=3e-2) for a, b in zip((out, *grads), (ref, *ref_grads)))
     if not ok:
-        log.warning("flash-attention varlen disagrees with SDPA on cuda:%d; packed rows use a block-diagonal mask",
+        log.warning("flash-attention varlen disagrees with SDPA on cuda:%d; packed rows use padded SDPA",
                     index)
     return ok
 
@@ -216,7 +226,8 @@ class _Graphs:
         # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
         self.small = [p for p in self.params if p.dim() < 2]
         self.pool = torch.cuda.graph_pool_handle()
-        self.entries: dict[tuple[int, int], SimpleNamespace] = {}
+        self.entries: dict[tuple[int, int], Optional[SimpleNamespace]] = {}  # None: capture failed
+        self.failed: list[str] = []
         self.anchor = torch.zeros((), device=device, requires_grad=True)  # lets autograd reach _Replay.backward
         self.mode = {"capture_error_mode": "thread_local"} if "capture_error_mode" in inspect.signature(
             torch.cuda.graph.__init__).parameters else {}  # collate threads may pin memory meanwhile
@@ -226,14 +237,23 @@ class _Graphs:
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
-    def ensure(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> SimpleNamespace:
+    def ensure(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> Optional[SimpleNamespace]:
         key = (ids.size(1), cu.size(0))
         if key not in self.entries:
-            self.entries[key] = self._capture(ids, pos, cu)
+            try:
+                self.entries[key] = self._capture(ids, pos, cu)
+            except Exception as err:  # capture records, it runs nothing: this bucket just stays eager
+                log.warning("CUDA graph capture failed for %d packed tokens (%s: %s); running it eagerly",
+                            ids.size(1), type(err).__name__, err)
+                self.entries[key] = None
+                self.failed.append(f"{key}: {type(err).__name__}: {err}")
         return self.entries[key]
 
     def run(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-        return _Replay.apply(self.anchor, self.ensure(ids, pos, cu), ids, pos, cu)
+        entry = self.ensure(ids, pos, cu)
+        if entry is None:
+            return self.encode(ids, pos, cu)
+        return _Replay.apply(self.anchor, entry, ids, pos, cu)
 
     def _capture(self, ids, pos, cu) -> SimpleNamespace:
         e = SimpleNamespace(ids=ids.clone(), pos=pos.clone(), cu=cu.clone(), params=self.params)
@@ -276,9 +296,12 @@ def _compile_layers(encoder: torch.nn.Module) -> list[torch.nn.Module]:
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # a compile failure runs that code eagerly instead
+    for name in ("recompile_limit", "cache_size_limit"):  # head room for train/eval and dtype variants
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
     layers = _repeated_layers(encoder)
     for layer in layers:
-        layer.compile(dynamic=False)
+        layer.compile(dynamic=None)  # automatic dynamic: static first shape, length-generic from the second
     return layers
 
 
@@ -332,23 +355,27 @@ class SpeedPlan:
 
     def __init__(self, model: Any, speed: SpeedConfig, device: torch.device, bf16: bool, pad_id: int,
                  max_seqlen: int):
-        self.speed, self.device, self.pad_id = speed, device, pad_id
+        self.speed, self.device, self.pad_id, self.bf16 = speed, device, pad_id, bf16 and device.type == "cuda"
         self.model = model
         self.encoder = model.encoder
         self.max_seqlen = max(64, -(-max_seqlen // 64) * 64)  # also the longest filler piece
         self.unpadded = speed.unpadded and self._enable_unpadded(bf16)
         self.graphs: Optional[_Graphs] = None
         if speed.cuda_graphs:
-            if device.type != "cuda" or not self.unpadded:
-                log.warning("speed.cuda_graphs needs CUDA and speed.unpadded; running without CUDA graphs")
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1
+            if device.type != "cuda" or not self.unpadded or distributed:
+                # A replayed backward would also skip DDP's gradient all-reduce hooks.
+                log.warning("speed.cuda_graphs needs CUDA, speed.unpadded and a single process; "
+                            "running without CUDA graphs")
             else:
                 packed = PackedEncoder(self.encoder, self.max_seqlen)
                 self.graphs = _Graphs(self.encoder, packed.encode, bf16 and device.type == "cuda", device)
         if self.unpadded:
             model.packed_encoder = PackedEncoder(self.encoder, self.max_seqlen, self.graphs)
         self.compiled = _compile_layers(self.encoder) if speed.compile else []
-        self.bucketed = self.graphs is not None or bool(self.compiled)
-        self.steps = speed.bucket_steps or (4 if self.compiled else 16)
+        self.bucketed = self.graphs is not None  # compiled code is length-generic after its second shape
+        self.steps = speed.bucket_steps
         # CUDA graphs accumulate into the captured .grad tensors, so they must survive zero_grad.
         self.set_to_none = self.graphs is None
         self.pin = device.type == "cuda"
@@ -422,11 +449,7 @@ class SpeedPlan:
             batch = collate_packed(features, self.pad_id, self.offset, self.max_seqlen, max_rows, length)
             computed = batch["packed_ids"].size(1)
         else:
-            if self.compiled:  # few padded widths, so few compilations
-                longest = max(max(sequence_lengths(f)) for f in features)
-                batch = collate(features, self.pad_id, multiple_of=bucket_length(longest, None, self.steps))
-            else:
-                batch = collate(features, self.pad_id)
+            batch = collate(features, self.pad_id)
             computed = batch["attention_mask"].numel()
         if self.pin:
             batch = {k: v.pin_memory() for k, v in batch.items()}
@@ -453,8 +476,7 @@ class SpeedPlan:
         if self.graphs is not None:
             self.graphs.ensure(batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])
         elif self.compiled:
-            amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                   else contextlib.nullcontext())
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
             with amp:
                 if self.unpadded:
                     out = PackedEncoder(self.encoder, self.max_seqlen).encode(

@@ -13,6 +13,10 @@ data, so "translated alone" and "translated mixed with English" are one option a
 Mixing through multi-task training instead (a head per task) is `intermediate.tasks: [mnli, mnli_mt]`.
 There is no translated dev set, so model selection uses the English original's dev split, by the same
 rule as XTREME targets: the dev split of `train_task`.
+
+The same mechanism serves an intermediate task with text of its own in several languages (`mlm`: one
+file per language, no `train_task`): `languages` picks among the spec's languages, "en" is its own
+English file, and the default is every language of the spec.
 """
 from __future__ import annotations
 
@@ -25,14 +29,17 @@ from .tasks.registry import get_task
 
 
 def applies(spec: TaskSpec) -> bool:
-    """Whether `spec` is a translated intermediate task (one whose data derive from `train_task`)."""
-    return "intermediate" in spec.phases and spec.train_task is not None
+    """Whether `spec` is an intermediate task trained on several languages: a translated one (its data
+    derive from `train_task`) or one with multilingual data of its own (mlm)."""
+    return "intermediate" in spec.phases and (spec.train_task is not None or len(spec.languages) > 1)
 
 
 def languages(spec: TaskSpec, options: Optional[TaskOptions]) -> tuple[str, ...]:
-    """The training languages: the configured list, else every translation (English excluded)."""
+    """The training languages: the configured list, else every translation (English excluded), or every
+    language of a task with its own multilingual data."""
     chosen = options.languages if options is not None else None
-    langs = tuple(chosen) if chosen else tuple(lang for lang in spec.languages if lang != "en")
+    langs = tuple(chosen) if chosen else tuple(lang for lang in spec.languages
+                                               if lang != "en" or not spec.train_task)
     problems = option_problems(spec, langs)
     if problems:
         raise ValueError(f"{spec.name}: " + "; ".join(problems))
@@ -43,8 +50,9 @@ def option_problems(spec: TaskSpec, langs: Sequence[str]) -> list[str]:
     """What is wrong with a `languages` option for `spec` (empty when nothing is); for config checks."""
     if not applies(spec):
         return [(f"{spec.name!r} has no translated training data; `languages` applies to translated "
-                 "intermediate tasks such as mnli_mt")]
-    out = [f"{lang!r} has no translation (choose from {', '.join(spec.languages)})"
+                 "intermediate tasks such as mnli_mt, and to mlm")]
+    what = "translation" if spec.train_task else f"{spec.name} data"
+    out = [f"{lang!r} has no {what} (choose from {', '.join(spec.languages)})"
            for lang in langs if lang not in spec.languages]
     if len(set(langs)) != len(langs):
         out.append(f"languages {list(langs)} repeat a language, which would repeat its data")
@@ -57,10 +65,10 @@ def train_examples(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[Task
     """Every chosen language's training examples, concatenated in the order configured.
 
     Ids get a "<lang>-" prefix: XNLI-MT rows are numbered per file, so "7" exists in every language."""
-    source = get_task(spec.train_task)
+    source = get_task(spec.train_task) if spec.train_task else None
     out: list[dict] = []
     for lang in languages(spec, options):
-        examples = (load_examples(source, "train", "en", cfg) if lang == "en"
+        examples = (load_examples(source, "train", "en", cfg) if lang == "en" and source
                     else load_examples(spec, "train", lang, cfg, options))
         out += [{**ex, "id": f"{lang}-{ex['id']}"} for ex in examples]
     return out
@@ -68,9 +76,9 @@ def train_examples(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[Task
 
 def missing_files(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[TaskOptions]) -> list[str]:
     """The absent training files of the chosen languages (for `check_data`), one line each."""
-    source = get_task(spec.train_task)
+    source = get_task(spec.train_task) if spec.train_task else None
     out: list[str] = []
     for lang in languages(spec, options):
-        out += (_missing(source, "train", "en", cfg) if lang == "en"
+        out += (_missing(source, "train", "en", cfg) if lang == "en" and source
                 else _missing(spec, "train", lang, cfg, options))
     return out

@@ -91,6 +91,15 @@ class Family(Protocol):
         ...
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions (-100 = none), in float32. A batch without any
+    label gives 0, not NaN, and nothing here waits for the GPU (no host sync)."""
+    flat = labels.reshape(-1)
+    total = torch.nn.functional.cross_entropy(logits.float().reshape(flat.numel(), -1), flat, ignore_index=-100,
+                                              reduction="sum")
+    return total / (flat != -100).sum().clamp(min=1)
+
+
 def pooled_head(hidden_size: int, num_outputs: int, dropout: float = 0.1) -> nn.Module:
     """RoBERTa's classification head shape (dense + tanh between dropouts), on the pooled vector."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, hidden_size), nn.Tanh(),

@@ -4,12 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import metrics
 from ..config import TrainConfig
 from ..languages import XTREME_LANGUAGES
-from .base import FileSource, HubSource, TaskSpec, pooled_head
+from .base import FileSource, HubSource, TaskSpec, cross_entropy, pooled_head
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _SCORERS = {
@@ -39,9 +38,9 @@ class ClassificationFamily:
     def forward(self, head, hidden, pooled, batch):
         logits = head(pooled)
         labels = batch.get("labels")
-        if labels is None or bool((labels == -100).all()):
+        if labels is None:  # prediction
             return None, logits
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100), logits
+        return cross_entropy(logits, labels), logits
 
     def predict(self, spec, examples, features, logits):
         return {examples[f["example_index"]]["id"]: spec.labels[int(torch.as_tensor(row).argmax())]

@@ -23,12 +23,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .. import metrics
 from ..config import TrainConfig
 from ..languages import XTREME_R_LANGUAGES
-from .base import FileSource, HubSource, TaskSpec, pooled_head
+from .base import FileSource, HubSource, TaskSpec, cross_entropy, pooled_head
 
 
 # Task name -> how its `question` field reads as a question; tasks not listed use it as it is.
@@ -64,9 +63,9 @@ class MultipleChoiceFamily:
         # pooled is [B*C, H] (model.py flattens the choices); one score per pair, then [B, C].
         logits = head(pooled).view(-1, batch["input_ids"].size(1))
         labels = batch.get("labels")
-        if labels is None or bool((labels == -100).all()):
+        if labels is None:  # prediction
             return None, logits
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100), logits
+        return cross_entropy(logits, labels), logits
 
     def predict(self, spec, examples, features, logits):
         return {examples[f["example_index"]]["id"]: int(torch.as_tensor(row).argmax())

@@ -22,14 +22,13 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics
 from ..config import TrainConfig
 from ..languages import XTREME_LANGUAGES
 from ..readers import UPOS_TAGS
-from .base import FileSource, HubSource, TaskSpec
+from .base import FileSource, HubSource, TaskSpec, cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,9 @@ class TaggingFamily:
     def forward(self, head, hidden, pooled, batch):
         logits = head(hidden)  # [B, T, K]
         labels = batch.get("labels")
-        if labels is None or bool((labels == -100).all()):
+        if labels is None:  # prediction
             return None, logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100), logits
+        return cross_entropy(logits, labels), logits
 
     def predict(self, spec, examples, features, logits):
         """One tag per word: the argmax at each word's first sub-token, windows joined in order."""

@@ -1,0 +1,88 @@
+"""`stilts bench` on CPU: a tiny model, every shape, the documented JSON; no timing claims."""
+import json
+
+import pytest
+
+from stilts_xling import bench
+
+RUN_KEYS = {"samples_per_s", "real_tokens_per_s", "computed_tokens_per_s", "mfu_real", "peak_memory_gb",
+            "peak_reserved_gb", "step_ms", "setup_s", "loss", "real_tokens_per_step"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    result = bench.run_bench(shapes=("mnli", "squad", "hellaswag"), steps=2, warmup=1, batch_size=4, device="cpu",
+                             tiny=True, out_json=out, tokens_per_step=512)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    return result
+
+
+def test_report_has_the_documented_keys_with_positive_numbers(report):
+    assert {"device", "torch", "transformers", "model", "matmul_params", "peak_flops", "peak_flops_source",
+            "mfu_formula", "batch_size", "steps", "warmup", "lr", "shapes", "targets"} <= set(report)
+    assert report["device"] == "cpu" and report["peak_flops"] is None and report["matmul_params"] > 0
+    assert set(report["shapes"]) == {"mnli", "mnli@512", "squad", "hellaswag"}  # mnli@512: tokens_per_step=512
+    for name in ("mnli", "squad", "hellaswag"):
+        entry = report["shapes"][name]
+        assert set(entry["variants"]) == set(bench.CPU_VARIANTS)
+        for run in [entry["trainer"], entry["stilts"], *entry["variants"].values()]:
+            assert "error" not in run, run
+            assert RUN_KEYS <= set(run)
+            assert run["samples_per_s"] > 0 and run["real_tokens_per_s"] > 0 and run["step_ms"] > 0
+            assert run["computed_tokens_per_s"] >= run["real_tokens_per_s"] * 0.999
+            assert run["mfu_real"] is None and run["peak_memory_gb"] is None  # CPU: no peak FLOPs, no CUDA memory
+        assert entry["ratio"] > 0 and entry["stilts"]["variant"] in bench.CPU_VARIANTS
+    # The Trainer pads MNLI to 128 and SQuAD to 384 (run_glue / run_qa): it computes more than it reads.
+    assert report["shapes"]["mnli"]["trainer"]["computed_tokens_per_s"] > 2 * report["shapes"]["mnli"]["trainer"][
+        "real_tokens_per_s"]
+    assert report["shapes"]["mnli"]["variants"]["unpadded"]["unpadded"] is True
+
+
+def test_the_table_prints_every_run(report):
+    table = bench.format_table(report)
+    runs = [line.split()[:2] for line in table.splitlines()[2:]]
+    assert [shape for shape, run in runs if run == "trainer"] == ["mnli", "squad", "hellaswag"]
+    assert "stilts / trainer" in table
+
+
+def test_synthetic_shapes_look_like_the_tasks():
+    vocab = 250002
+    mnli = bench.synthetic_features(bench.SHAPES["mnli"], 4000, vocab)
+    lengths = [len(f["input_ids"]) for f in mnli]
+    assert 43 <= sum(lengths) / len(lengths) <= 49 and max(lengths) <= 128
+    assert all(1 not in f["input_ids"] for f in mnli)  # never the pad id
+    squad = bench.synthetic_features(bench.SHAPES["squad"], 500, vocab)
+    assert max(len(f["input_ids"]) for f in squad) <= 384
+    assert all(0 < f["start_positions"] <= f["end_positions"] < len(f["input_ids"]) for f in squad)
+    swag = bench.synthetic_features(bench.SHAPES["hellaswag"], 500, vocab)
+    assert all(len(f["input_ids"]) == 4 and f["labels"] in range(4) for f in swag)
+    mean = sum(len(r) for f in swag for r in f["input_ids"]) / 2000
+    assert 70 <= mean <= 100
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.run_bench(variants=["turbo"], device="cpu")
+
+
+def test_peak_flops_table():
+    assert [k for k, _ in bench.PEAK_BF16_FLOPS].index("H100 PCIe") < [k for k, _ in bench.PEAK_BF16_FLOPS].index("H100")
+
+
+def test_stand_in_heads_when_a_task_is_missing_from_the_registry(monkeypatch):
+    import torch
+
+    from stilts_xling.data import collate
+
+    monkeypatch.setattr(bench, "_REAL_TASKS", {"classification": "mnli", "span": "no_such", "choice": "no_such"})
+    for name, family in (("squad", "bench_span"), ("hellaswag", "bench_choice")):
+        spec = bench._spec(bench.SHAPES[name])
+        assert spec.family == family
+        from stilts_xling.model import MultiTaskModel
+        from transformers import AutoModel
+
+        model = MultiTaskModel(AutoModel.from_config(bench._config(tiny=True), add_pooling_layer=False), [spec])
+        loss, _ = model(spec.name, collate(bench.synthetic_features(bench.SHAPES[name], 4, 1000), 1))
+        loss.backward()
+        assert torch.isfinite(loss)

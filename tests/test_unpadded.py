@@ -1,0 +1,362 @@
+"""Unpadded (packed) training gives the padded path's losses and gradients; batching covers every example once."""
+import random
+
+import pytest
+import torch
+
+from conftest import SMOKE
+from stilts_xling.data import (bucket_length, collate, collate_packed, split_by_tokens, token_budget_batches)
+from stilts_xling.speed import SpeedConfig, prepare
+
+PAD = 1
+
+
+def _features(n, seed=0, choices=0, lo=3, hi=40, vocab=1000):
+    rng = random.Random(seed)
+
+    def row():
+        return [0] + [rng.randrange(3, vocab) for _ in range(rng.randrange(lo, hi))] + [2]
+
+    out = []
+    for i in range(n):
+        if choices:
+            out.append({"input_ids": [row() for _ in range(choices)], "labels": rng.randrange(choices),
+                        "example_index": i})
+        else:
+            ids = row()
+            start = rng.randrange(1, len(ids) - 1)
+            out.append({"input_ids": ids, "labels": rng.randrange(3), "start_positions": start,
+                        "end_positions": min(len(ids) - 2, start + 2), "example_index": i})
+    return out
+
+
+def _model(kind):
+    """Tiny random XLM-R (2 layers, hidden 32) + a head of the given kind, float32 on CPU."""
+    from stilts_xling import bench
+    from stilts_xling.model import MultiTaskModel
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(bench._config(tiny=True), add_pooling_layer=False)
+    shape = {"classification": bench.SHAPES["mnli"], "span": bench.SHAPES["squad"],
+             "choice": bench.SHAPES["hellaswag"]}[kind]
+    spec = bench._spec(shape)
+    return MultiTaskModel(encoder, [spec]), spec.name
+
+
+def _loss_and_grads(model, task, batch):
+    model.zero_grad(set_to_none=True)
+    loss, logits = model(task, batch)
+    loss.backward()
+    return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind,choices", [("classification", 0), ("span", 0), ("choice", 4)])
+def test_packed_and_padded_give_the_same_loss_and_gradients(kind, choices):
+    model, task = _model(kind)
+    model.eval()  # no dropout: both paths must then compute the same function
+    feats = _features(9, seed=1, choices=choices)
+    padded = _loss_and_grads(model, task, collate(feats, PAD))
+    plan = prepare(model, SpeedConfig(unpadded=True), torch.device("cpu"), False, PAD, 64)
+    assert plan.unpadded and model.encoder.config._attn_implementation == "stilts_varlen"
+    batch, real, computed = plan.collate(feats, len(feats) * max(1, choices))
+    assert "cu_seqlens" in batch and computed >= real
+    packed = _loss_and_grads(model, task, batch)
+    plan.close()
+    assert model.encoder.config._attn_implementation == "sdpa" and model.packed_encoder is None
+
+    assert torch.allclose(padded[0], packed[0], rtol=1e-5, atol=1e-6)
+    mask = collate(feats, PAD)["attention_mask"].bool()
+    if kind == "span":  # token logits: compare where there are tokens
+        assert torch.allclose(padded[1][mask], packed[1][mask], atol=1e-5)
+    else:
+        assert torch.allclose(padded[1], packed[1], atol=1e-5)
+    assert padded[2].keys() == packed[2].keys()
+    scale = max(g.abs().max().item() for g in padded[2].values())
+    for name, grad in padded[2].items():
+        # float32 sums in another order; mathematically zero ones (key biases) are ~1e-12 noise both sides.
+        assert torch.allclose(grad, packed[2][name], rtol=1e-3, atol=1e-4 * scale), name
+
+
+def test_collate_packed_layout_xlmr_positions_start_at_padding_idx_plus_one():
+    feats = [{"input_ids": [0, 11, 12, 2], "labels": 0}, {"input_ids": [0, 13, 2], "labels": 1}]
+    batch = collate_packed(feats, PAD, position_offset=PAD + 1, max_seqlen=64, max_rows=4, length=16)
+    assert batch["packed_ids"].tolist() == [[0, 11, 12, 2, 0, 13, 2] + [PAD] * 9]
+    assert batch["packed_pos"].tolist() == [[2, 3, 4, 5, 2, 3, 4] + [PAD] * 9]  # filler at the pad position
+    cu = batch["cu_seqlens"]
+    # K = max_rows + ceil(T / max_seqlen) + 1 = 6: 2 rows, 1 filler piece, then empty rows.
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 4, 7, 16, 16, 16]
+    assert batch["unpack_index"].tolist() == [[0, 1, 2, 3, 0, 0, 0, 0], [4, 5, 6, 0, 0, 0, 0, 0]]
+    assert batch["input_ids"].shape == (2, 8) and batch["labels"].tolist() == [0, 1]
+    # The same positions HF derives for a padded row of XLM-R.
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEmbeddings
+
+    padded = XLMRobertaEmbeddings.create_position_ids_from_input_ids(batch["input_ids"], PAD)
+    assert padded[batch["attention_mask"].bool()].tolist() == batch["packed_pos"][0, :7].tolist()
+    with pytest.raises(ValueError, match="max_seqlen"):
+        collate_packed([{"input_ids": list(range(3, 80))}], PAD, 2, max_seqlen=64)
+
+
+def test_token_budget_and_buckets_cover_every_example_exactly_once():
+    rng = random.Random(0)
+    lengths = [max(3, min(128, int(rng.lognormvariate(3.7, 0.5)))) for _ in range(2000)] + [300]
+    for packed in (False, True):
+        for shuffle in (False, True):
+            batches = token_budget_batches(lengths, 2048, shuffle=shuffle, seed=3, packed=packed)
+            assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+            for b in batches:
+                cost = sum(lengths[i] for i in b) if packed else len(b) * max(lengths[i] for i in b)
+                assert cost <= 2048 or len(b) == 1
+    feats = _features(64, seed=2, hi=120)
+    for packed in (False, True):
+        parts = split_by_tokens(feats, 700, packed=packed)
+        assert sorted(f["example_index"] for p in parts for f in p) == list(range(64))
+    for n in [1, 7, 63, 64, 65, 1000, 1472, 5000, 16200, 17000]:
+        b = bucket_length(n)
+        assert b >= n and b % 64 == 0 and (n < 1024 or b <= n * 1.07)
+        assert bucket_length(n, steps=8) >= n
+    assert bucket_length(1500, [1024, 2048]) == 2048
+    assert len({bucket_length(n) for n in range(1200, 1800)}) <= 12  # 64-token steps here
+    assert len({bucket_length(n, steps=8) for n in range(1200, 1800)}) <= 6  # with compile
+
+
+def test_training_stream_with_a_token_budget_sees_each_example_once_per_epoch():
+    from stilts_xling.train import _Stream, step_batches
+
+    model, task = _model("classification")
+    feats = _features(96, seed=4, hi=90)
+    for i, f in enumerate(feats):
+        f["labels"] = i  # to see which examples each batch holds
+    plan = prepare(model, SpeedConfig(unpadded=True, token_budget=400, cuda_graphs=True, workers=2),
+                   torch.device("cpu"), False, PAD, 128)
+    assert plan.graphs is None and plan.set_to_none  # CUDA graphs need CUDA: clean fallback
+    stream = _Stream(feats, 16, seed=0)
+    seen = []
+    for _, micro_batches in step_batches(plan, [task] * 6, {task: stream}, {task: 1}, {task: 16}, workers=2):
+        weights = [1 / len(micro_batches) if m.weight is None else m.weight for m in micro_batches]
+        assert abs(sum(weights) - 1) < 1e-9
+        for m in micro_batches:
+            assert m.real_tokens <= 400 or m.examples == 1
+            seen += m.batch["labels"].tolist()
+    assert sorted(seen) == list(range(96))  # 6 steps x 16 = one epoch
+    plan.close()
+
+
+def _smoke_tasks(max_train=None):
+    from stilts_xling.config import load_config, merge_train
+    from stilts_xling.data import load_examples
+    from stilts_xling.model import load_tokenizer, tokenizer_source
+    from stilts_xling.tasks.registry import family_of, get_task
+    from stilts_xling.train import TaskData
+
+    cfg = load_config(SMOKE)
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
+    spec = get_task("mnli")
+    hp = merge_train(spec.train, cfg.intermediate.train)
+    hp.max_steps, hp.eval_every = 60, 30
+    train_ex = load_examples(spec, "train", "en", cfg)[:max_train]
+    dev_ex = load_examples(spec, "dev", "en", cfg)[:64]
+    featurize = family_of(spec).featurize
+    task = TaskData(spec, hp, featurize(spec, train_ex, tokenizer, hp.max_length), dev_ex,
+                    featurize(spec, dev_ex, tokenizer, hp.max_length))
+    return cfg, tokenizer, spec, hp, task
+
+
+def _train(speed, dropout):
+    from accelerate import Accelerator
+    from stilts_xling.model import MultiTaskModel, load_encoder
+    from stilts_xling.train import train
+
+    cfg, tokenizer, spec, hp, task = _smoke_tasks()
+    torch.manual_seed(cfg.seed)
+    model = MultiTaskModel(load_encoder(cfg.model.name, cfg.model, tokenizer), [spec])
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    result = train(model, [task], hp, cfg.intermediate.sampler, Accelerator(cpu=True), tokenizer.pad_token_id,
+                   cfg.seed, cfg.bf16, desc="test", speed=speed)
+    assert model.packed_encoder is None and model.encoder.config._attn_implementation == "sdpa"
+    return result
+
+
+def _losses(result):
+    return [(h["step"], h["loss/mnli"]) for h in result.history if "loss/mnli" in h]
+
+
+@pytest.mark.parametrize("budget", [None, 300])
+def test_smoke_training_unpadded_matches_padded(budget):
+    """Without dropout the packed, background-collated run is the padded run up to float rounding: the
+    same losses at every logged step and the same dev accuracy (token budget or not)."""
+    padded = _train(SpeedConfig(token_budget=budget), dropout=False)
+    fast = _train(SpeedConfig(unpadded=True, token_budget=budget, workers=1), dropout=False)
+    assert [s for s, _ in _losses(padded)] == [s for s, _ in _losses(fast)] == [20, 40, 60]
+    for (_, a), (_, b) in zip(_losses(padded), _losses(fast)):
+        assert a == pytest.approx(b, rel=1e-3)
+    assert padded.dev_metrics["mnli"]["accuracy"] > 50  # learnt something (chance: 33)
+    assert padded.dev_metrics["mnli"]["accuracy"] == pytest.approx(fast.dev_metrics["mnli"]["accuracy"], abs=2.0)
+
+
+def test_token_budget_micro_batches_give_the_whole_batch_gradient():
+    model, task = _model("classification")
+    model.eval()
+    feats = _features(16, seed=5, hi=90)
+    whole = _loss_and_grads(model, task, collate(feats, PAD))
+    plan = prepare(model, SpeedConfig(unpadded=True, token_budget=300), torch.device("cpu"), False, PAD, 128)
+    parts = plan.step_batches([feats], 16)
+    assert len(parts) > 2 and sum(m.examples for m in parts) == 16
+    model.zero_grad(set_to_none=True)
+    for m in parts:
+        loss, _ = model(task, m.batch)
+        (loss * m.weight).backward()
+    plan.close()
+    scale = max(g.abs().max().item() for g in whole[2].values())
+    for name, p in model.named_parameters():
+        assert torch.allclose(whole[2][name], p.grad, rtol=1e-3, atol=1e-4 * scale), name
+
+
+def test_smoke_training_with_dropout_agrees_with_padded():
+    """With dropout the random masks fall differently; the metrics still agree."""
+    padded = _train(SpeedConfig(), dropout=True)
+    fast = _train(SpeedConfig(unpadded=True, workers=1), dropout=True)
+    assert abs(padded.best_score - fast.best_score) <= 15.0
+
+
+def test_unsupported_model_falls_back_to_padded(caplog):
+    model, task = _model("classification")
+    model.encoder.config.model_type = "deberta-v2"  # no packing support declared for it
+    plan = prepare(model, SpeedConfig(unpadded=True), torch.device("cpu"), False, PAD, 64)
+    assert not plan.unpadded and model.packed_encoder is None
+    assert "packing is not supported" in caplog.text
+    batch, _, _ = plan.collate(_features(3), 3)
+    assert "cu_seqlens" not in batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA: the flash varlen kernels and CUDA graphs (run by scripts/gpu_bench.sh on a lent GPU).
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+def test_flash_varlen_agrees_with_sdpa_on_cuda():
+    from stilts_xling.speed import flash_available
+
+    assert flash_available(torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kind,choices", [("classification", 0), ("choice", 4)])
+def test_packed_bf16_on_cuda_matches_padded(kind, choices):
+    model, task = _model(kind)
+    model = model.cuda().eval()
+    feats = _features(9, seed=1, choices=choices)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        padded = _loss_and_grads(model, task, {k: v.cuda() for k, v in collate(feats, PAD).items()})
+        plan = prepare(model, SpeedConfig(unpadded=True), torch.device("cuda"), True, PAD, 64)
+        assert plan.unpadded
+        batch, _, _ = plan.collate(feats, len(feats) * max(1, choices))
+        packed = _loss_and_grads(model, task, {k: v.cuda() for k, v in batch.items()})
+    plan.close()
+    assert torch.allclose(padded[0], packed[0], rtol=2e-2, atol=2e-2)
+    scale = max(g.abs().max().item() for g in padded[2].values())
+    for name, grad in padded[2].items():
+        assert (grad - packed[2][name]).abs().max().item() <= 5e-2 * scale, name
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("compile_layers", [False, True], ids=["eager-layers", "compiled-layers"])
+def test_cuda_graph_gradients_equal_eager_gradients(compile_layers):
+    """Gradients replayed from CUDA graphs (dropout off) equal the eager packed ones, accumulate over two
+    micro batches of different buckets, and replay identically; replacing .grad tensors is refused."""
+    from stilts_xling.config import TrainConfig, merge_train
+    from stilts_xling.speed import MicroBatch
+    from stilts_xling.train import _linear_schedule, _optimizer, train_step
+
+    parts = [_features(8, seed=10), _features(8, seed=20, lo=30, hi=60)]  # two buckets: 256 and 448
+
+    def grads(graphs):
+        model, task = _model("classification")
+        model = model.cuda().train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=graphs, compile=compile_layers and graphs),
+                       torch.device("cuda"), True, PAD, 64)
+        assert (plan.graphs is not None) == graphs and plan.set_to_none == (not graphs)
+        out = []
+        for _ in range(2):
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            for part in parts:
+                batch, _, _ = plan.collate(part, 8)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss, _ = model(task, {k: v.cuda() for k, v in batch.items()})
+                (loss / 2).backward()
+            out.append({n: p.grad.float().cpu().clone() for n, p in model.named_parameters() if p.grad is not None})
+        if graphs:
+            assert len(plan.graphs.entries) == 2
+            model.zero_grad(set_to_none=True)
+            batch, _, _ = plan.collate(parts[0], 8)
+            with pytest.raises(RuntimeError, match="set_to_none=False"):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss, _ = model(task, {k: v.cuda() for k, v in batch.items()})
+                loss.backward()
+            # Whole optimizer steps through train.py's step function.
+            opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True)
+            sched = _linear_schedule(opt, 0, 10)
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+            plan.graphs.entries.clear()  # the .grad tensors are new: capture again
+            losses = []
+            for part in parts:
+                batch, real, computed = plan.collate(part, 8)
+                losses += train_step(model, task, [MicroBatch(batch, 8, real, real, computed)], opt, sched, None,
+                                     1.0, torch.device("cuda"), True, plan.set_to_none)
+            assert all(torch.isfinite(x) for x in losses)
+        plan.close()
+        return out
+
+    eager, graphed = grads(False), grads(True)
+    assert eager[0].keys() == graphed[0].keys()
+    scale = max(g.abs().max().item() for g in eager[0].values())
+    tol = (3e-2 if compile_layers else 1e-3) * scale
+    for name in eager[0]:
+        assert (graphed[0][name] - graphed[1][name]).abs().max().item() <= 1e-3 * scale, name  # replays agree
+        assert (eager[0][name] - graphed[0][name]).abs().max().item() <= tol, name
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_eager_gradients_and_compile_twice_at_most():
+    """Regional torch.compile over packed rows of changing length: eager's loss and gradients, and no
+    compilation after the second length (automatic dynamic shapes)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, task = _model("classification")
+    model.eval()
+    plan = prepare(model, SpeedConfig(unpadded=True), torch.device("cpu"), False, PAD, 128)
+    batches = [plan.collate(_features(n, seed=n, hi=100), 32)[0] for n in (9, 14, 5, 20)]
+    eager = [_loss_and_grads(model, task, b) for b in batches]
+    plan.close()
+    plan = prepare(model, SpeedConfig(unpadded=True, compile=True), torch.device("cpu"), False, PAD, 128)
+    assert len(plan.compiled) == 2  # the two encoder layers
+    for b, ref in zip(batches, eager):
+        loss, _, grads = _loss_and_grads(model, task, b)
+        assert torch.allclose(loss, ref[0], rtol=1e-5)
+        scale = max(g.abs().max().item() for g in ref[2].values())
+        for name, g in ref[2].items():
+            assert torch.allclose(g, grads[name], rtol=1e-3, atol=1e-4 * scale), name
+    assert counters["stats"]["unique_graphs"] <= 2
+    with plan.evaluation():
+        assert all(layer._compiled_call_impl is None for layer in plan.compiled)
+    plan.close()
+    assert all(layer._compiled_call_impl is None for layer in plan.compiled)
+    torch._dynamo.reset()
