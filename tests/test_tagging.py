@@ -97,7 +97,8 @@ def test_token_head_forward_and_masked_loss():
     assert logits.shape == (1, 3, 2)
     # Position 0 is ignored; position 1: log 2; position 2: -log(3/4) = log(4/3). Mean = log(8/3) / 2.
     assert loss.item() == pytest.approx(math.log(8 / 3) / 2, rel=1e-5)
-    assert FAMILY.forward(head, hidden, None, {"labels": torch.full((1, 3), -100)})[0] is None
+    assert FAMILY.forward(head, hidden, None, {"labels": torch.full((1, 3), -100)})[0].item() == 0.0
+    assert FAMILY.forward(head, hidden, None, {})[0] is None  # prediction
 
 
 def test_scores_hand_computed():

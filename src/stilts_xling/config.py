@@ -39,6 +39,12 @@ class ModelConfig:
     tiny_heads: int = 2
     # Random-init weights of the named architecture (benchmarks without a checkpoint download).
     random_init: bool = False
+    # How a sequence becomes one vector for pooled heads (architectures.py): "auto" = first token for
+    # encoders, last real token for decoder-only models and a seq2seq decoder, mean of the real tokens
+    # for a seq2seq encoder side.
+    pooling: Literal["auto", "first", "last", "mean"] = "auto"
+    # Encoder-decoders (T5, mT5): the encoder side only (T5EncoderModel), or the decoder's states.
+    seq2seq_side: Literal["encoder", "decoder"] = "encoder"
 
 
 @dataclass

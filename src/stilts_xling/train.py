@@ -28,6 +28,7 @@ from .evaluate import autocast, evaluate
 from .sampling import task_probabilities, total_steps
 from .speed import MicroBatch, SpeedConfig, SpeedPlan, prefetch, prepare
 from .tasks.base import TaskSpec
+from .tasks.registry import family_of
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,10 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                         if examples:
                             metrics[n], _ = evaluate(model, by_name[n].spec, examples, features, "en",
                                                      micro[n] * 2, device, pad_id, bf16)
-                scores = [metrics[n][by_name[n].spec.metric] for n in metrics]
+                # Auxiliary tasks (continued MLM) train along but do not choose the checkpoint, as in
+                # Pruksachatkun et al. 2020's MLM runs, which stopped early on the task alone.
+                chosen = [n for n in metrics if not getattr(family_of(by_name[n].spec), "auxiliary", False)]
+                scores = [metrics[n][by_name[n].spec.metric] for n in chosen or metrics]
                 score = sum(scores) / len(scores) if scores else float(step)  # no dev data: the last state wins
                 best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
                 if on_eval:

@@ -62,8 +62,8 @@ def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, ordinar
 
 def _pretrained_head(encoder: nn.Module) -> Optional[nn.Module]:
     """The MLM head of the checkpoint the encoder was loaded from, or None when it has none (a saved
-    intermediate encoder, GPT-2, a checkpoint without MLM weights such as mDeBERTa-v3's) or when the
-    encoder no longer holds that checkpoint's weights (model.random_init)."""
+    intermediate encoder, GPT-2, a checkpoint trained without an MLM head, e.g. by replaced-token
+    detection) or when the encoder no longer holds that checkpoint's weights (model.random_init)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     source = getattr(encoder, "name_or_path", "")
@@ -98,6 +98,8 @@ def _fresh_head(encoder: nn.Module) -> nn.Module:
 class MLMFamily:
     """Defines `make_model_head(spec, encoder)` instead of `make_head`: the head shares the encoder's
     embeddings. Scores need the gold tokens at evaluation (`scores_with_labels`)."""
+
+    auxiliary = True  # trains along; model selection ignores its dev score (train.py)
 
     name = "mlm"
     scores_with_labels = True
