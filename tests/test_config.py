@@ -91,3 +91,15 @@ def test_every_shipped_config_is_valid(path):
     assert first.startswith("#"), "each shipped config starts with a comment giving its command"
     assert "stilts " in "\n".join(path.read_text().splitlines()[:4])
     assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5"])
+def test_other_architecture_smoke_configs_run(tmp_path, cli, name):
+    from stilts_xling.results import read_rows
+
+    result = cli("run", REPO / "configs" / "smoke" / f"{name}.yaml", f"run_dir={tmp_path / name}",
+                 "intermediate.train.max_steps=4", "xtreme.train.max_steps=4")
+    assert result.exit_code == 0, result.output
+    rows = read_rows(tmp_path / name / "results.jsonl")
+    assert {r["language"] for r in rows if r["task"] == "xnli"} == {"en", "de"}
+    assert all(r["model"] == f"tiny:{name}" for r in rows)
