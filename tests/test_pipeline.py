@@ -102,3 +102,36 @@ def test_help_lists_commands(cli):
     out = cli("--help").output
     assert "train-intermediate" in out and "eval-xtreme" in out
     assert "Example:" in cli("run", "--help").output
+
+
+def test_smoke_intermediate_all_nine_tasks(tmp_path, cli):
+    """configs/smoke/intermediate_all.yaml: one multi-task run over all nine, a dev row for each, one encoder."""
+    from conftest import REPO
+
+    run_dir = tmp_path / "all"
+    result = cli("train-intermediate", REPO / "configs" / "smoke" / "intermediate_all.yaml", f"run_dir={run_dir}",
+                 "intermediate.train.max_steps=18", "intermediate.train.eval_every=9")
+    assert result.exit_code == 0, result.output
+    rows = read_rows(run_dir / "results.jsonl")
+    nine = {"anli", "mnli", "qqp", "squad_v1", "squad_v2", "hellaswag", "commonsenseqa", "cosmosqa", "ccg"}
+    assert {r["task"] for r in rows if r["phase"] == "intermediate"} == nine
+    assert (run_dir / "intermediate" / "encoder" / "config.json").is_file()
+    history = json.loads((run_dir / "intermediate" / "history.json").read_text())
+    assert any(k.startswith("loss/") for entry in history for k in entry)  # per-task losses are logged
+
+
+def test_smoke_xtreme_all_seven_targets(tmp_path, cli):
+    from conftest import REPO
+
+    run_dir = tmp_path / "x"
+    result = cli("eval-xtreme", REPO / "configs" / "smoke" / "xtreme_all.yaml", f"run_dir={run_dir}",
+                 "xtreme.train.max_steps=4", "xtreme.train.eval_every=4")
+    assert result.exit_code == 0, result.output
+    rows = read_rows(run_dir / "results.jsonl")
+    langs = {}
+    for r in rows:
+        langs.setdefault(r["task"], set()).add(r["language"])
+    assert set(langs) == {"xnli", "pawsx", "udpos", "panx", "xquad", "mlqa", "tydiqa"}
+    assert all(len(v) >= 2 for v in langs.values())
+    assert (run_dir / "predictions" / "mlqa" / "test-zh.json").is_file()  # XTREME submission layout
+    assert (run_dir / "predictions" / "udpos" / "test-de.tsv").is_file()
