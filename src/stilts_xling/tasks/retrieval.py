@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .. import retrieval as R
+from .. import architectures, retrieval as R
 from ..data import collate, length_grouped_batches, load_examples, task_dir
 from ..languages import ISO639_3, XTREME_LANGUAGES
 from ..readers import DataError, read_bucc, read_tatoeba
@@ -67,14 +67,10 @@ def resolve_layer(num_layers: int, layer: int | None = None, fraction: float | N
     return int(f * num_layers + 0.5)
 
 
-def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-
-
+# The model's own poolers (architectures.py); "cls" is XTREME's name for the first token.
 POOLERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mean": _mean_pool,
-    "cls": lambda hidden, mask: hidden[:, 0],
+    "mean": architectures.POOLERS["mean"],
+    "cls": architectures.POOLERS["first"],
 }
 
 
