@@ -135,3 +135,16 @@ def test_smoke_xtreme_all_seven_targets(tmp_path, cli):
     assert all(len(v) >= 2 for v in langs.values())
     assert (run_dir / "predictions" / "mlqa" / "test-zh.json").is_file()  # XTREME submission layout
     assert (run_dir / "predictions" / "udpos" / "test-de.tsv").is_file()
+
+
+def test_tensorboard_scalars_are_logged(smoke_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = smoke_run
+    events = EventAccumulator(str(run_dir / "tensorboard" / "intermediate"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/mnli", "lr", "throughput/examples_per_s", "dev/score", "dev/mnli/accuracy"} <= tags
+    final = events.Scalars("dev/mnli/accuracy")[-1]
+    assert 0 <= final.value <= 100 and final.step > 0

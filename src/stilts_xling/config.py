@@ -160,6 +160,7 @@ class ExperimentConfig:
     data_dir: str = "data"  # root of the original downloads; each task has its own sub-folder
     data_source: Literal["files", "hub"] = "files"
     offline: bool = False  # never touch the network (also implied by HF_HUB_OFFLINE=1)
+    tracking: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # scalars per step (tracking.py)
     bf16: bool = True  # bf16 autocast when a CUDA device is present; ignored on CPU
     feature_cache: bool = True  # reuse tokenized features across runs (keyed by data, tokenizer, code)
     cache_dir: Optional[str] = None  # default: $XDG_CACHE_HOME/stilts_xling/features

@@ -1,6 +1,7 @@
 """The three phases. Each writes under `run_dir` and skips work whose results already exist."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fcntl
 import json
@@ -23,6 +24,7 @@ from .scoring import write_predictions
 from .results import append_rows, metric_rows, read_rows, versions
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of, get_task
+from .tracking import open_tracker
 from .train import TaskData, train
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,16 @@ class Context:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def tracker(self, phase: str):
+        """The configured tracker for one training phase (main process only), closed afterwards."""
+        kind = self.cfg.tracking if self.accelerator.is_main_process else "none"
+        tracker = open_tracker(kind, self.run_dir, phase, config_mod.to_dict(self.cfg))
+        try:
+            yield tracker
+        finally:
+            tracker.close()
 
     def row_base(self, phase: str, task: str, **extra: Any) -> dict:
         return {"run": self.run_dir.name, "phase": phase, "intermediate": list(self.cfg.intermediate.tasks),
@@ -209,9 +221,10 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     encoder = load_encoder(cfg.model.name, cfg.model, tokenizer)
     model = MultiTaskModel(encoder, [t.spec for t in tasks])
     ckpt = intermediate_dir(cfg) / "checkpoint.pt"
-    result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks), checkpoint_path=ckpt,
-                   speed=cfg.speed)
+    with ctx.tracker("intermediate") as tracker:
+        result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
+                       cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks),
+                       checkpoint_path=ckpt, speed=cfg.speed, tracker=tracker)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     rows = []
     for task in tasks:  # full dev sets for the record; selection used the subset
@@ -308,8 +321,10 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     set_seed(cfg.seed)
     model = MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec])
     ckpt = ctx.run_dir / "xtreme" / spec.name / "checkpoint.pt"
-    result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
-                   cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt, speed=cfg.speed)
+    with ctx.tracker(f"xtreme-{spec.name}") as tracker:
+        result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
+                       cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt, speed=cfg.speed,
+                       tracker=tracker)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     done = finished(ctx, spec)
     batch = (hp.micro_batch_size or hp.batch_size) * 2

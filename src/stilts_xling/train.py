@@ -29,6 +29,7 @@ from .sampling import task_probabilities, total_steps
 from .speed import MicroBatch, SpeedConfig, SpeedPlan, prefetch, prepare
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of
+from .tracking import flatten_metrics
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
 
 def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
           pad_id: int, seed: int, bf16: bool = True, desc: str = "train",
-          on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None,
+          on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None, tracker: Optional[Any] = None,
           checkpoint_path: Optional[Path] = None) -> TrainResult:
     """Train; with `checkpoint_path`, resume from it when it exists and write it every
     `hp.checkpoint_every` steps (0: at each evaluation) and at the end. A resumed run replays the same
@@ -271,6 +272,10 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                                 ex_s=f"{seen_examples / elapsed:.0f}", tok_s=f"{seen_tokens / elapsed:.0f}")
                 best.history.append({"step": step, "lr": scheduler.get_last_lr()[0],
                                      **{f"loss/{n}": v for n, v in losses.items()}})
+                if tracker is not None:
+                    tracker.log({"lr": scheduler.get_last_lr()[0], "throughput/examples_per_s": seen_examples / elapsed,
+                                 "throughput/tokens_per_s": seen_tokens / elapsed,
+                                 **{f"loss/{n}": v for n, v in losses.items()}}, step)
                 loss_sums = {n: torch.zeros((), device=device) for n in names}
                 loss_counts = {n: 0 for n in names}
 
@@ -290,6 +295,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                 best.history.append({"step": step, "dev_score": score, **{f"dev/{n}": m for n, m in metrics.items()}})
                 if on_eval:
                     on_eval(step, metrics)
+                if tracker is not None:
+                    tracker.log({"dev/score": score, **flatten_metrics(metrics)}, step)
                 log.info("step %d: dev %s", step, {n: m[by_name[n].spec.metric] for n, m in metrics.items()})
                 if score > best.best_score:
                     best.best_step, best.best_score, best.dev_metrics = step, score, metrics
