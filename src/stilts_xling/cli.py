@@ -72,7 +72,7 @@ def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = O
     _check_data_or_exit(cfg, ("intermediate",))
     def go() -> None:
         with pipeline.start(cfg, new_run) as ctx:
-            print(f"encoder saved to {pipeline.train_intermediate(ctx)}")
+            ctx.accelerator.print(f"encoder saved to {pipeline.train_intermediate(ctx)}")
 
     _guard(go)
 
@@ -93,7 +93,7 @@ def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
         pipeline.encoder_source(cfg)  # a missing encoder fails before anything is written
         with pipeline.start(cfg, new_run) as ctx:
             pipeline.eval_xtreme(ctx)
-            print(pipeline.summary(ctx))
+            ctx.accelerator.print(pipeline.summary(ctx))
 
     _guard(go)
 
@@ -114,7 +114,7 @@ def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_r
         with pipeline.start(cfg, new_run) as ctx:
             pipeline.train_intermediate(ctx)
             pipeline.eval_xtreme(ctx)
-            print(pipeline.summary(ctx))
+            ctx.accelerator.print(pipeline.summary(ctx))
 
     _guard(go)
 

@@ -45,6 +45,8 @@ class ModelConfig:
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     # Encoder-decoders (T5, mT5): the encoder side only (T5EncoderModel), or the decoder's states.
     seq2seq_side: Literal["encoder", "decoder"] = "encoder"
+    # Override every dropout probability (encoder and heads); None keeps the checkpoint's (0.1 for XLM-R).
+    dropout: Optional[float] = None
 
 
 @dataclass
@@ -312,6 +314,8 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
     for key in ("k", "batch_size", "max_length"):
         if getattr(cfg.retrieval, key) <= 0:
             errors.append(f"retrieval.{key}: must be positive, got {getattr(cfg.retrieval, key)}")
+    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
+        errors.append(f"model.dropout: a probability in [0, 1), got {cfg.model.dropout}")
     if cfg.retrieval.layer_fraction is not None and not 0 <= cfg.retrieval.layer_fraction <= 1:
         errors.append(f"retrieval.layer_fraction: a fraction of the depth in [0, 1], got {cfg.retrieval.layer_fraction}")
     if cfg.model.name.startswith("tiny:"):

@@ -175,3 +175,13 @@ class MultiTaskModel(nn.Module):
             hidden = architectures.hidden_states(self.encoder, flat_ids, flat_mask, self.runs_decoder)
         pooled = self.pool(hidden, flat_mask)
         return family_of(self.specs[task]).forward(self.heads[task], hidden, pooled, batch)
+
+
+def set_dropout(model: nn.Module, p: Optional[float]) -> nn.Module:
+    """Every nn.Dropout in the model (encoder and heads) to `p`; transformers' attention reads its
+    dropout module's `p` too. None leaves the model as built."""
+    if p is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+    return model

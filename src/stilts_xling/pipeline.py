@@ -19,7 +19,7 @@ from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
-from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, tokenizer_source
+from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, set_dropout, tokenizer_source
 from .scoring import write_predictions
 from .results import append_rows, metric_rows, read_rows, versions
 from .tasks.base import TaskSpec
@@ -78,25 +78,37 @@ def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
     if cfg.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import torch
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED"):
+        # The loop accumulates and steps by hand and checkpoints full state dicts: right for DDP, not yet
+        # checked against FSDP's sharded states or DeepSpeed's own accumulation.
+        raise ValueError(f"{kind} is not supported yet; launch with plain DDP (torchrun or accelerate launch "
+                         "--multi_gpu), which scales across GPUs and nodes")
+    main = accelerator.is_main_process  # under DDP (torchrun/accelerate launch) rank 0 owns the run dir
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(run_dir)
+    lock = _lock(run_dir) if main else None
     text = config_mod.dump_yaml(cfg)
     saved = run_dir / "config.yaml"
     if saved.exists() and saved.read_text(encoding="utf-8") != text:
         if not new_run:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
             diff = "".join(difflib.unified_diff(saved.read_text(encoding="utf-8").splitlines(True),
                                                 text.splitlines(True), "saved config.yaml", "this config"))
             raise ValueError(f"{run_dir} holds a run with a different config:\n{diff}\nUse another run_dir, or "
                              "pass --new-run to move the old run into <run_dir>/archive/ and start afresh.")
-        _archive(run_dir)
-    saved.write_text(text, encoding="utf-8")
+        if main:
+            _archive(run_dir)
+    accelerator.wait_for_everyone()  # every rank compared against the old config before rank 0 replaces it
+    if main:
+        saved.write_text(text, encoding="utf-8")
     set_seed(cfg.seed)
-    import torch
-
-    return Context(cfg, run_dir, config_mod.config_hash(cfg), Accelerator(cpu=not torch.cuda.is_available()), lock)
+    return Context(cfg, run_dir, config_mod.config_hash(cfg), accelerator, lock)
 
 
 def _lock(run_dir: Path) -> Any:
@@ -219,7 +231,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     # One task: its own defaults drive the optimizer; several: the phase's config over global defaults.
     phase_hp = merge_train(specs[0].train if len(specs) == 1 else None, cfg.intermediate.train)
     encoder = load_encoder(cfg.model.name, cfg.model, tokenizer)
-    model = MultiTaskModel(encoder, [t.spec for t in tasks])
+    model = set_dropout(MultiTaskModel(encoder, [t.spec for t in tasks]), cfg.model.dropout)
     ckpt = intermediate_dir(cfg) / "checkpoint.pt"
     with ctx.tracker("intermediate") as tracker:
         result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
@@ -233,13 +245,14 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
                               tokenizer.pad_token_id, cfg.bf16)
         rows += metric_rows(ctx.row_base("intermediate", task.spec.name, language="en", split=task.spec.dev_split,
                                          best_step=result.best_step), metrics)
-        print(f"intermediate {task.spec.name} dev: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        ctx.accelerator.print(f"intermediate {task.spec.name} dev: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     if ctx.accelerator.is_main_process:
         save_encoder(model.encoder, tokenizer, out)
         append_rows(ctx.results, rows)
         (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
         done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
         ckpt.unlink(missing_ok=True)  # the phase is complete; the encoder and rows hold everything
+    ctx.accelerator.wait_for_everyone()  # the other ranks load this encoder next
     return out
 
 
@@ -294,7 +307,7 @@ def eval_xtreme(ctx: Context) -> None:
         spec = get_task(name)
         wanted = set(wanted_results(cfg, spec))
         if wanted <= finished(ctx, spec):
-            print(f"{name}: all {len(wanted)} results already in {ctx.results}; skipping")
+            ctx.accelerator.print(f"{name}: all {len(wanted)} results already in {ctx.results}; skipping")
             continue
         runner = getattr(family_of(spec), "run_target", None) or fine_tune_target
         runner(ctx, spec, source)
@@ -319,7 +332,7 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    model = MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec])
+    model = set_dropout(MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec]), cfg.model.dropout)
     ckpt = ctx.run_dir / "xtreme" / spec.name / "checkpoint.pt"
     with ctx.tracker(f"xtreme-{spec.name}") as tracker:
         result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
@@ -340,7 +353,7 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
             append_rows(ctx.results, metric_rows(ctx.row_base(
                 "xtreme", spec.name, language=lang, split=split, encoder=source,
                 train_task=train_spec.name, best_step=result.best_step), metrics))
-        print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        ctx.accelerator.print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     if ctx.accelerator.is_main_process:
         ckpt.unlink(missing_ok=True)  # every language is scored; a rerun skips this target
 

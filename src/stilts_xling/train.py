@@ -144,14 +144,23 @@ def rows_per_feature(features: list[dict]) -> int:
     return len(ids) if ids and isinstance(ids[0], list) else 1
 
 
+def shard(features: list[dict], rank: int, world: int) -> list[dict]:
+    """This process's share of a micro batch under data parallelism: features[rank::world], topped up by
+    wrapping around when the batch does not divide evenly, so every rank steps in lockstep (DDP needs it)."""
+    if world == 1:
+        return features
+    return [features[(rank + i * world) % len(features)] for i in range(-(-len(features) // world))]
+
+
 def step_batches(plan: SpeedPlan, schedule: list[str], streams: dict[str, _Stream], accum: dict[str, int],
-                 max_rows: dict[str, int], workers: int = 0):
+                 max_rows: dict[str, int], workers: int = 0, rank: int = 0, world: int = 1):
     """(task, micro batches) for each optimizer step of `schedule`, collated `workers` threads ahead.
 
-    The streams are advanced here, in the caller's thread and in step order; only collation runs ahead."""
+    The streams are advanced here, in the caller's thread and in step order; only collation runs ahead.
+    Every rank draws the same global micro batches and keeps its shard; DDP averages the gradients."""
     def jobs():
         for task in schedule:
-            features = [streams[task].next() for _ in range(accum[task])]
+            features = [shard(streams[task].next(), rank, world) for _ in range(accum[task])]
             yield lambda task=task, features=features: (task, plan.step_batches(features, max_rows[task]))
 
     return prefetch(jobs(), workers)
@@ -229,7 +238,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
             for _ in range(accum[task]):
                 streams[task].next()
         log.info("resuming from %s at step %d of %d", checkpoint_path, start, steps)
-    batches = step_batches(plan, schedule[start:], streams, accum, max_rows, speed.workers)
+    batches = step_batches(plan, schedule[start:], streams, accum, max_rows, speed.workers,
+                           accelerator.process_index, accelerator.num_processes)
     loss_sums = {n: torch.zeros((), device=device) for n in names}
     loss_counts = {n: 0 for n in names}
     unchecked: list[tuple[int, torch.Tensor]] = []  # per-step losses not yet checked for NaN/inf
