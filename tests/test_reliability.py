@@ -250,3 +250,12 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     state = checkpoint.load(run_dir / "intermediate" / "checkpoint.pt")
     assert state["step"] == 20  # the evaluation checkpoint before the bad step
     assert not (run_dir / "intermediate" / "done.json").exists()
+
+
+def test_offline_run_lacking_things_fails_at_once_with_the_full_list(tmp_path, cli):
+    result = cli("run", SMOKE, f"run_dir={tmp_path / 'r'}", "model.name=xlm-roberta-large",
+                 f"data_dir={tmp_path / 'nodata'}")  # smoke.yaml is offline: true
+    assert result.exit_code == 2
+    assert "model xlm-roberta-large" in result.output and "tokenizer xlm-roberta-large" in result.output
+    assert "multinli_1.0_train.jsonl" in result.output and "xnli.dev.tsv" in result.output
+    assert not (tmp_path / "r").exists()

@@ -51,11 +51,17 @@ def _setup_logging() -> None:
 
 
 def _check_data_or_exit(cfg: ExperimentConfig, phases: tuple[str, ...]) -> None:
-    from .pipeline import check_data
+    """Fail at once with the full list of what is missing: data files, and offline also models and hub
+    datasets that are not in the local caches."""
+    import os
 
-    problems = check_data(cfg, phases)
+    from .pipeline import check_data
+    from .prepare import offline_problems
+
+    offline = cfg.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
+    problems = offline_problems(cfg, phases) if offline else check_data(cfg, phases)
     if problems:
-        typer.echo(f"error: {len(problems)} data file(s) missing:\n  " + "\n  ".join(problems), err=True)
+        typer.echo(f"error: {len(problems)} thing(s) missing:\n  " + "\n  ".join(problems), err=True)
         raise typer.Exit(2)
 
 

@@ -133,7 +133,7 @@ def _split_names(expression: str) -> list[str]:
     return [re.sub(r"\[.*\]$", "", part).strip() for part in expression.split("+")]
 
 
-def offline_problems(cfg: ExperimentConfig) -> list[str]:
+def offline_problems(cfg: ExperimentConfig, phases: tuple[str, ...] = PHASES) -> list[str]:
     """Everything `cfg` needs that is not in the local caches (or, for data_source: files, on disk)."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -146,7 +146,7 @@ def offline_problems(cfg: ExperimentConfig) -> list[str]:
                 problems.append(f"{kind} {name}: {' or '.join(alternatives)} not in the HF cache; {hint}")
                 break
     if cfg.data_source == "files":
-        return problems + check_data(cfg, PHASES)
+        return problems + check_data(cfg, phases)
     import datasets
 
     items, no_source = needed_datasets(cfg)
