@@ -187,3 +187,19 @@ def test_report_over_real_cli_runs(tmp_path):
         assert main[label].mean == pytest.approx(statistics.fmean(accuracy))  # xnli = mean over en, de
     assert (tmp_path / "out" / "heatmap_delta.png").read_bytes().startswith(PNG)
     assert (tmp_path / "out" / "curves_mnli.png").read_bytes().startswith(PNG)  # from intermediate/history.json
+
+
+def test_data_scaling_plot_from_a_volume_sweep(tmp_path, cli):
+    """Two MNLI runs that differ only in max_train_examples become one scaling curve."""
+    for n in (60, 300):
+        result = cli("run", SMOKE, f"run_dir={tmp_path / f'n{n}'}",
+                     f"intermediate.task_options.mnli.max_train_examples={n}", "intermediate.train.max_steps=4",
+                     "xtreme.train.max_steps=4", "xtreme.languages={xnli: [en, de]}", "xtreme.splits=[dev]")
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "report"
+    result = build_report([tmp_path / "n60", tmp_path / "n300"], out)
+    png = out / "scaling_max_train_examples.png"
+    assert png in result["files"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    labels = [row[0] for row in result["tables"]["main"].rows]
+    assert any("max_train_examples=60" in label for label in labels)
+    assert any("max_train_examples=300" in label for label in labels)

@@ -45,6 +45,43 @@ def draw_all(scores: dict, tables: list, entries: list[tuple[Path, dict]], out_d
         if table.name.startswith("lang_") and table.rows:
             out.append(language_bars(plt, table, out_dir / f"bars_{_safe(table.name[5:])}.png"))
     out += learning_curves(plt, entries, out_dir)
+    out += data_scaling(plt, scores, out_dir)
+    return out
+
+
+_VOLUME = re.compile(r"(max_train_examples|train_fraction)=([0-9.eE+-]+)")
+
+
+def data_scaling(plt: Any, scores: dict, out_dir: Path) -> list[Path]:
+    """Data-volume studies (a sweep over task_options.<task>.max_train_examples or train_fraction): the
+    average target score against the amount of intermediate data, one line per task list, mean ± std over
+    seeds. Drawn only when some task list has two or more sizes."""
+    curves: dict[tuple[str, str], list[tuple[float, Any]]] = {}
+    for setting, sc in scores.items():
+        found = _VOLUME.findall(setting.variant)
+        if len(found) == 1 and sc.avg is not None:
+            kind, value = found[0]
+            curves.setdefault(("+".join(setting.tasks), kind), []).append((float(value), sc.avg))
+    curves = {k: sorted(v, key=lambda p: p[0]) for k, v in curves.items() if len(v) >= 2}
+    out = []
+    for kind in sorted({k for _, k in curves}):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for (label, k), points in sorted(curves.items()):
+            if k != kind:
+                continue
+            xs = [x for x, _ in points]
+            means = [s.mean for _, s in points]
+            ax.errorbar(xs, means, yerr=[s.std or 0.0 for _, s in points], marker="o", capsize=3, label=label)
+        if kind == "max_train_examples":
+            ax.set_xscale("log")
+        ax.set(xlabel=f"intermediate {kind.replace('_', ' ')}", ylabel="average target score",
+               title="Data-volume scaling")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"scaling_{kind}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        out.append(path)
     return out
 
 
