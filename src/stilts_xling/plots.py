@@ -23,6 +23,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)  # figures stay in pyplot's registry until closed; a big report would pile them up
+    return path
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+_-]+", "_", name).strip("_") or "run"
 
@@ -77,11 +84,7 @@ def data_scaling(plt: Any, scores: dict, out_dir: Path) -> list[Path]:
         ax.set(xlabel=f"intermediate {kind.replace('_', ' ')}", ylabel="average target score",
                title="Data-volume scaling")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"scaling_{kind}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, out_dir / f"scaling_{kind}.png"))
     return out
 
 
@@ -102,10 +105,7 @@ def heatmap(plt: Any, table: Any, path: Path) -> Path:
                     color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="points")
     ax.set_title(table.title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def language_bars(plt: Any, table: Any, path: Path) -> Path:
@@ -121,10 +121,7 @@ def language_bars(plt: Any, table: Any, path: Path) -> Path:
     ax.set_ylabel("score")
     ax.set_title(table.title, fontsize=9)
     ax.legend(fontsize=7, ncol=min(4, len(table.rows)))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def learning_curves(plt: Any, entries: list[tuple[Path, dict]], out_dir: Path) -> list[Path]:
@@ -151,9 +148,5 @@ def learning_curves(plt: Any, entries: list[tuple[Path, dict]], out_dir: Path) -
         for ax in (loss_ax, dev_ax):
             if ax.lines:
                 ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = out_dir / f"curves_{_safe(label)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(plt, fig, out_dir / f"curves_{_safe(label)}.png"))
     return out
