@@ -86,3 +86,21 @@ def test_stand_in_heads_when_a_task_is_missing_from_the_registry(monkeypatch):
         loss, _ = model(spec.name, collate(bench.synthetic_features(bench.SHAPES[name], 4, 1000), 1))
         loss.backward()
         assert torch.isfinite(loss)
+
+
+def test_profile_reports_where_a_step_goes(tmp_path):
+    report = bench.run_bench(shapes=("mnli",), steps=1, warmup=1, batch_size=4, device="cpu", tiny=True,
+                             tokens_per_step=None, trainer=False, variants=["padded"], profile=2)
+    prof = report["shapes"]["mnli"]["variants"]["padded"]["profile"]
+    assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0 and prof["busy_ms_per_step"] > 0
+    assert prof["top"] and all(r["ms_per_step"] > 0 and r["category"] for r in prof["top"])
+    # CPU operators: the encoder's matmuls show up under their aten names
+    assert any(r["category"] == "matmul" for r in prof["top"]), prof["top"]
+    assert abs(sum(prof["categories"].values()) - prof["busy_ms_per_step"]) < 1e-6 * max(1, prof["busy_ms_per_step"])
+    assert "profile mnli padded: wall" in bench.format_table(report)
+    # optimizer and matmul kernels land in their categories by name
+    from stilts_xling.profiling import category
+    assert category("void at::native::_fused_adamw_kernel") == "optimizer"
+    assert category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert category("flash_fwd_kernel") == "attention"
+    assert category("triton_per_fused_add_native_layer_norm_0") == "layernorm"

@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import torch
 
+from .profiling import format_profile, profile_steps
 from .speed import SpeedConfig
 
 log = logging.getLogger(__name__)
@@ -212,8 +213,9 @@ def _hp(lr: float, batch_size: int, max_length: int):
 
 
 def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_size: int, steps: int, warmup: int,
-               device: torch.device, tiny: bool, lr: float, seed: int) -> dict:
-    """stilts's own path: MultiTaskModel, train.py's step, the speed plan."""
+               device: torch.device, tiny: bool, lr: float, seed: int, profile: int = 0) -> dict:
+    """stilts's own path: MultiTaskModel, train.py's step, the speed plan; `profile` more steps after the
+    timed ones run under torch.profiler (profiling.py)."""
     from transformers import AutoModel
 
     from . import train as train_mod
@@ -239,36 +241,41 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     # same seed yields the same batches); a long training run pays this once.
     if plan.graphs is not None or plan.compiled:
         probe = train_mod._Stream(features, batch_size, seed)
-        for _ in range(total):
+        for _ in range(total + profile):
             for micro in plan.step_batches([probe.next()], max_rows):
                 plan.prewarm(micro.batch)
     stream = train_mod._Stream(features, batch_size, seed)
-    batches = train_mod.step_batches(plan, [spec.name] * total, {spec.name: stream}, {spec.name: 1},
+    batches = train_mod.step_batches(plan, [spec.name] * (total + profile), {spec.name: stream}, {spec.name: 1},
                                      {spec.name: max_rows}, speed.workers)
     losses: list[torch.Tensor] = []
     samples = real = computed = 0
     start = time.perf_counter()
     setup_s = start - built
-    for i, (task, micro_batches) in enumerate(batches):
+    def step(task: str, micro_batches: list) -> list[torch.Tensor]:
+        return train_mod.train_step(model, task, micro_batches, optimizer, scheduler, None, hp.max_grad_norm,
+                                    device, bf16, plan.set_to_none)
+
+    for i, (task, micro_batches) in zip(range(total), batches):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
             setup_s = start - built
             losses, samples, real, computed = [], 0, 0, 0
-        losses += train_mod.train_step(model, task, micro_batches, optimizer, scheduler, None, hp.max_grad_norm,
-                                       device, bf16, plan.set_to_none)
+        losses += step(task, micro_batches)
         samples += sum(m.examples for m in micro_batches)
         real += sum(m.real_tokens for m in micro_batches)
         computed += sum(m.computed_tokens for m in micro_batches)
     _sync(device)
     elapsed = time.perf_counter() - start
     loss = torch.stack(losses).float().mean().item()
+    profiled = profile_steps(lambda: step(*next(batches)), profile, device) if profile else None
     result = {
         "speed": dataclasses.asdict(speed), "unpadded": plan.unpadded, "cuda_graphs": plan.graphs is not None,
         "compiled": bool(plan.compiled),
         "graph_buckets": sorted(k for k, e in plan.graphs.entries.items() if e is not None) if plan.graphs else [],
         "graph_failures": plan.graphs.failed if plan.graphs else [],
         **_rates(samples, real, computed, elapsed, steps), "loss": loss, **_peak_gb(device), "setup_s": setup_s,
+        **({"profile": profiled} if profiled else {}),
     }
     plan.close()
     del model, encoder, optimizer, scheduler, plan, batches
@@ -378,7 +385,7 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
               batch_size: int = 32, device: Optional[str] = None, tiny: Optional[bool] = None,
               out_json: Optional[str | Path] = None, variants: Optional[list[str]] = None,
               tokens_per_step: Optional[int] = 16384, trainer: bool = True, time_budget_s: Optional[float] = None,
-              peak: Optional[float] = None, lr: float = 1e-5, seed: int = 0) -> dict:
+              peak: Optional[float] = None, lr: float = 1e-5, seed: int = 0, profile: int = 0) -> dict:
     """Benchmark; returns (and writes to `out_json` after every run, so a cut-off run keeps its results):
 
     {"device", "torch", "transformers", "model", "matmul_params", "peak_flops", "peak_flops_source",
@@ -436,7 +443,8 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
                 if what == "trainer":
                     result = run_trainer(shape, data[key], bs, steps, warmup, dev, tiny, lr, seed)
                 else:
-                    result = run_stilts(shape, data[key], VARIANTS[what], bs, steps, warmup, dev, tiny, lr, seed)
+                    result = run_stilts(shape, data[key], VARIANTS[what], bs, steps, warmup, dev, tiny, lr, seed,
+                                        profile)
             except Exception as err:  # one failing variant must not lose the others' numbers
                 log.exception("bench %s %s failed", key, what)
                 result = {"error": f"{type(err).__name__}: {err}"}
@@ -502,11 +510,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-trainer", action="store_true")
     parser.add_argument("--time-budget", type=float, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--profile", type=int, default=0, help="profile this many extra steps per stilts run")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run_bench(tuple(s for s in a.shapes.split(",") if s), a.steps, a.warmup, a.batch_size, a.device,
                        a.tiny, a.out, a.variants.split(",") if a.variants else None, a.tokens_per_step or None,
-                       not a.no_trainer, a.time_budget)
+                       not a.no_trainer, a.time_budget, profile=a.profile)
     print(format_table(report))
     print(json.dumps(report))
 
@@ -530,6 +539,9 @@ def format_table(report: dict) -> str:
         if "ratio" in entry:
             lines.append(f"{key:<12} {'stilts / trainer':<26} {entry['ratio']:>10.2f}x  (best: "
                          f"{entry['stilts']['variant']})")
+    for key, entry in report["shapes"].items():
+        lines += [format_profile(f"profile {key} {name}", r["profile"])
+                  for name, r in entry["variants"].items() if "profile" in r]
     for name, t in report.get("targets", {}).items():
         lines.append(f"target {name}: {'met' if t['met'] else 'NOT met'} ({t.get('value', t.get('ratios'))})")
     return "\n".join(lines)

@@ -240,7 +240,9 @@ def bench(shapes: str = typer.Option("mnli,squad,hellaswag", help="comma-separat
           tokens_per_step: int = typer.Option(16384, help="add an MNLI run with this many real tokens a step; 0: none"),
           trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="run the plain HF Trainer baseline"),
           time_budget: Optional[float] = typer.Option(None, help="start no new run after this many seconds"),
-          out: Optional[Path] = typer.Option(None, help="also write the JSON here (rewritten after every run)")) -> None:
+          out: Optional[Path] = typer.Option(None, help="also write the JSON here (rewritten after every run)"),
+          profile: int = typer.Option(0, help="after each stilts run, profile this many more steps: kernels by "
+                                              "time, per category, and GPU idle time")) -> None:
     """Throughput of stilts's training step against the plain HF Trainer on the same device and data:
     samples/s, real tokens/s, MFU on real tokens, peak memory and the ratio, as a table and as JSON.
 
@@ -252,7 +254,8 @@ def bench(shapes: str = typer.Option("mnli,squad,hellaswag", help="comma-separat
 
     _setup_logging()
     report = run_bench(tuple(s for s in shapes.split(",") if s), steps, warmup, batch_size, device, tiny, out,
-                       variants.split(",") if variants else None, tokens_per_step or None, trainer, time_budget)
+                       variants.split(",") if variants else None, tokens_per_step or None, trainer, time_budget,
+                       profile=profile)
     typer.echo(format_table(report))
     typer.echo(json.dumps(report))
 
