@@ -325,8 +325,8 @@ def test_task_average_per_task_metric():
     cls = {"en": {"accuracy": 90.0}, "fr": {"accuracy": 80.0}, "de": {"accuracy": 70.0}}
     assert task_average(cls, "xnli") == approx(80.0)
     assert task_average({"de": {"f1": 60.0, "precision": 1.0}, "fr": {"f1": 70.0}}, "bucc2018") == approx(65.0)
-    with pytest.raises(ValueError):
-        task_average(cls, "xcopa")
+    with pytest.raises(ValueError, match="unknown XTREME/XTREME-R task"):
+        task_average(cls, "copa")  # English-only: no benchmark score
     with pytest.raises(ValueError):
         task_average(cls, "panx")  # no f1 key
     with pytest.raises(ValueError):
@@ -350,3 +350,26 @@ def test_xtreme_score_and_groups():
     assert xtreme_score(partial) is None
     assert "retrieval" not in group_scores(partial)
     assert xtreme_score({**TASKS9, "xcopa": 0.0}) == approx(619 / 9)  # extras ignored
+
+
+def test_xtreme_r_score_groups_and_task_scores():
+    from stilts_xling.metrics import xtreme_r_score
+
+    tasks10 = {"xnli": 80.0, "xcopa": 60.0, "udpos": 76.0, "panx": 65.0, "xquad": 70.0, "mlqa": 60.0,
+               "tydiqa": 55.0, "tatoeba": 50.0, "mewslix": 40.0, "lareqa": 30.0}
+    # 80+60+76+65+70+60+55+50+40+30 = 586 -> 58.6; PAWS-X and BUCC are not part of XTREME-R
+    assert xtreme_r_score(tasks10) == approx(58.6)
+    assert xtreme_r_score({**tasks10, "pawsx": 0.0, "bucc2018": 0.0}) == approx(58.6)
+    assert xtreme_r_score({k: v for k, v in tasks10.items() if k != "lareqa"}) is None
+    assert xtreme_score(tasks10) is None  # no PAWS-X / BUCC: no XTREME score
+    assert group_scores(tasks10, "xtreme-r") == {
+        "classification": approx(70.0),  # (80+60)/2
+        "tagging": approx(70.5),
+        "qa": approx(185 / 3),
+        "retrieval": approx(40.0),  # (50+40+30)/3
+    }
+    # mAP@20 and XCOPA accuracy averaged over languages like every other task
+    assert task_average({"ar": {"map@20": 30.0}, "ja": {"map@20": 50.0}}, "mewslix") == approx(40.0)
+    assert task_average({"it": {"accuracy": 55.0}, "zh": {"accuracy": 61.0}}, "xcopa") == approx(58.0)
+    with pytest.raises(ValueError, match="map@20"):
+        task_average({"ar": {"accuracy": 30.0}}, "lareqa")

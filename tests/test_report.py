@@ -203,3 +203,23 @@ def test_data_scaling_plot_from_a_volume_sweep(tmp_path, cli):
     labels = [row[0] for row in result["tables"]["main"].rows]
     assert any("max_train_examples=60" in label for label in labels)
     assert any("max_train_examples=300" in label for label in labels)
+
+
+def test_xtreme_r_score_column_appears_with_all_ten_targets(tmp_path):
+    shared = {"xnli": {"en": {"accuracy": 90}}, "udpos": {"en": {"f1": 70}}, "panx": {"en": {"f1": 60}},
+              "xquad": {"en": {"exact_match": 40, "f1": 60}}, "mlqa": {"en": {"exact_match": 30, "f1": 50}},
+              "tydiqa": {"en": {"exact_match": 50, "f1": 70}}, "tatoeba": {"de": {"accuracy": 20}}}
+    r_only = {"xcopa": {"it": {"accuracy": 56}, "zh": {"accuracy": 64}},
+              "mewslix": {"ar": {"map@20": 30}, "ja": {"map@20": 40}}, "lareqa": {"en": {"map@20": 25}}}
+    write_run(tmp_path / "runs", "base", [], 1, {**shared, **r_only})
+    write_run(tmp_path / "runs", "mnli", ["mnli"], 1, {**shared, **r_only, "lareqa": {"en": {"map@20": 35}}})
+    tables = build_report([tmp_path / "runs"], tmp_path / "out", plots=False, formats=("md",))["tables"]
+    main = tables["main"]
+    assert main.columns[-2:] == ["XTREME", "XTREME-R"]
+    # xnli 90, xcopa (56+64)/2 = 60, udpos 70, panx 60, xquad 50, mlqa 40, tydiqa 60, tatoeba 20,
+    # mewslix (30+40)/2 = 35, lareqa 25: 510/10 = 51.0; no PAWS-X/BUCC, so no XTREME score
+    base = main.rows[[r[0] for r in main.rows].index("baseline")]
+    assert base[-1].mean == pytest.approx(51.0) and base[-2] is None
+    assert tables["delta"].rows[0][-1].value == pytest.approx(1.0)  # lareqa +10 over ten targets
+    md = md_table((tmp_path / "out" / "report.md").read_text(), "Target-task scores (dev, mean ± std over seeds)")
+    assert md["baseline"]["XTREME-R"] == "51.0 ± -" and md["baseline"]["mewslix"] == "35.0 ± -"

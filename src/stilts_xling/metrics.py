@@ -363,6 +363,18 @@ XTREME_GROUPS: dict[str, tuple[str, ...]] = {
     "retrieval": ("bucc2018", "tatoeba"),
 }
 XTREME_TASKS: tuple[str, ...] = tuple(t for ts in XTREME_GROUPS.values() for t in ts)
+# XTREME-R (Ruder et al. 2021, facts.md section 3): PAWS-X and BUCC out; XCOPA, LAReQA and Mewsli-X in. The
+# groups follow the paper's table; xtreme's code lists LAReQA in no group, which would leave it out of the
+# retrieval average, so it is counted here where the paper puts it.
+XTREME_R_GROUPS: dict[str, tuple[str, ...]] = {
+    "classification": ("xnli", "xcopa"),
+    "tagging": ("udpos", "panx"),
+    "qa": ("xquad", "mlqa", "tydiqa"),
+    "retrieval": ("tatoeba", "mewslix", "lareqa"),
+}
+XTREME_R_TASKS: tuple[str, ...] = tuple(t for ts in XTREME_R_GROUPS.values() for t in ts)
+BENCHMARK_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {"xtreme": XTREME_GROUPS, "xtreme-r": XTREME_R_GROUPS}
+MAP_METRIC = "map@20"  # LAReQA and Mewsli-X (xtreme: mewslix_map20, LAReQA switched to mAP@20 in e23cf42)
 
 
 def _mean_metric(per_lang: Mapping[str, Mapping[str, float]], metric: str) -> float:
@@ -378,7 +390,8 @@ _QA_COMBINE: dict[str, Callable[[Mapping], float]] = {
     "f1": lambda pl: _mean_metric(pl, "f1"),
 }
 _TASK_SCORER: dict[str, Callable[[Mapping, str], float]] = {
-    **{t: (lambda pl, _q: _mean_metric(pl, "accuracy")) for t in ("pawsx", "xnli", "tatoeba")},
+    **{t: (lambda pl, _q: _mean_metric(pl, "accuracy")) for t in ("pawsx", "xnli", "tatoeba", "xcopa")},
+    **{t: (lambda pl, _q: _mean_metric(pl, MAP_METRIC)) for t in ("mewslix", "lareqa")},
     **{t: (lambda pl, _q: _mean_metric(pl, "f1")) for t in ("udpos", "panx", "bucc2018")},
     **{t: (lambda pl, q: _QA_COMBINE[q](pl)) for t in ("xquad", "mlqa", "tydiqa")},
 }
@@ -390,10 +403,10 @@ def task_average(
     """Task score = unweighted mean over the given languages (evaluate.py
     ``avg_metric``). QA: (avg EM + avg F1)/2 ("em_f1", evaluate.py's choice) or
     avg F1 ("f1", as papers often report); udpos/panx/bucc2018: avg F1;
-    pawsx/xnli/tatoeba: avg accuracy. The caller picks the languages (evaluate.py
-    uses every language of the task, English included)."""
+    pawsx/xnli/tatoeba/xcopa: avg accuracy; mewslix/lareqa: avg mAP@20. The caller
+    picks the languages (evaluate.py uses every language of the task, English included)."""
     if task not in _TASK_SCORER:
-        raise ValueError(f"unknown XTREME task {task!r}; known: {list(XTREME_TASKS)}")
+        raise ValueError(f"unknown XTREME/XTREME-R task {task!r}; known: {list(_TASK_SCORER)}")
     if qa_metric not in _QA_COMBINE:
         raise ValueError(f"qa_metric must be one of {sorted(_QA_COMBINE)}, got {qa_metric!r}")
     if not per_lang:
@@ -401,15 +414,24 @@ def task_average(
     return _TASK_SCORER[task](per_lang, qa_metric)
 
 
-def group_scores(task_scores: Mapping[str, float]) -> dict[str, float]:
-    """Mean task score of every group whose tasks are all present (evaluate.py)."""
+def group_scores(task_scores: Mapping[str, float], benchmark: str = "xtreme") -> dict[str, float]:
+    """Mean task score of every group of `benchmark` whose tasks are all present (evaluate.py)."""
     return {group: sum(task_scores[t] for t in tasks) / len(tasks)
-            for group, tasks in XTREME_GROUPS.items() if all(t in task_scores for t in tasks)}
+            for group, tasks in BENCHMARK_GROUPS[benchmark].items() if all(t in task_scores for t in tasks)}
+
+
+def benchmark_score(task_scores: Mapping[str, float], benchmark: str = "xtreme") -> float | None:
+    """Unweighted mean of the benchmark's task scores (9 for XTREME, 10 for XTREME-R), or None unless all
+    are present (evaluate.py only shows the overall score then). Extra keys are ignored."""
+    tasks = [t for ts in BENCHMARK_GROUPS[benchmark].values() for t in ts]
+    if not all(t in task_scores for t in tasks):
+        return None
+    return sum(task_scores[t] for t in tasks) / len(tasks)
 
 
 def xtreme_score(task_scores: Mapping[str, float]) -> float | None:
-    """Unweighted mean of the 9 task scores, or None unless all 9 are present
-    (evaluate.py only shows the overall score then). Extra keys are ignored."""
-    if not all(t in task_scores for t in XTREME_TASKS):
-        return None
-    return sum(task_scores[t] for t in XTREME_TASKS) / len(XTREME_TASKS)
+    return benchmark_score(task_scores, "xtreme")
+
+
+def xtreme_r_score(task_scores: Mapping[str, float]) -> float | None:
+    return benchmark_score(task_scores, "xtreme-r")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from .languages import XTREME_LANGUAGES, script
-from .metrics import XTREME_TASKS, group_scores, task_average, xtreme_score
+from .metrics import XTREME_R_TASKS, XTREME_TASKS, group_scores, task_average, xtreme_r_score, xtreme_score
 from .results import read_rows
 from .tables import Delta, Stat, Table, to_latex, to_markdown, write_table_csv
 from .tasks.registry import TASKS
@@ -57,6 +57,7 @@ class Scores:
     lang: dict[str, dict[str, Stat]] = field(default_factory=dict)
     avg: Optional[Stat] = None
     xtreme: Optional[Stat] = None
+    xtreme_r: Optional[Stat] = None
     groups: dict[str, Stat] = field(default_factory=dict)
     gap: dict[str, tuple[Stat, Stat, Stat]] = field(default_factory=dict)  # task -> (en, non-en, en - non-en)
 
@@ -142,9 +143,9 @@ def _settings(entries: list[tuple[Path, dict]], notes: list[str]) -> dict[tuple[
 
 
 def _task_score(per_lang: dict[str, dict[str, float]], task: str, qa_metric: str) -> float:
-    if task in XTREME_TASKS:
+    if task in XTREME_TASKS or task in XTREME_R_TASKS:
         return task_average(per_lang, task, qa_metric)
-    # A target outside XTREME's nine (XTREME-R's xcopa, say): unweighted language mean of its main metric.
+    # A target outside both benchmarks (GLUE, say): unweighted language mean of its main metric.
     metric = TASKS[task].metric if task in TASKS else "accuracy"
     lacking = [lang for lang, m in per_lang.items() if metric not in m]
     if lacking:
@@ -181,6 +182,7 @@ def _pool(by_seed: dict[int, dict[str, dict[str, dict[str, tuple[str, float]]]]]
     gap_v: dict[str, list[tuple[float, float, float]]] = {}
     avg_v: list[float] = []
     xtreme_v: list[float] = []
+    xtreme_r_v: list[float] = []
     group_v: dict[str, list[float]] = {}
     for seed in sorted(by_seed):
         task_scores = {}
@@ -205,13 +207,18 @@ def _pool(by_seed: dict[int, dict[str, dict[str, dict[str, tuple[str, float]]]]]
             avg_v.append(statistics.fmean(task_scores.values()))
         if xtreme_score(task_scores) is not None:
             xtreme_v.append(xtreme_score(task_scores))
+        if xtreme_r_score(task_scores) is not None:
+            xtreme_r_v.append(xtreme_r_score(task_scores))
         for group, value in group_scores(task_scores).items():
             group_v.setdefault(group, []).append(value)
+        for group, value in group_scores(task_scores, "xtreme-r").items():
+            group_v.setdefault(f"xtreme-r/{group}", []).append(value)
     if len({len(v) for v in task_v.values()}) > 1:
         notes.append(f"{setting.label}: targets have different numbers of seeds "
                      f"({', '.join(f'{t}: {len(v)}' for t, v in task_v.items())}); avg mixes them")
     scores = Scores(task={t: Stat(v) for t, v in task_v.items()}, avg=Stat(avg_v) if avg_v else None,
-                    xtreme=Stat(xtreme_v) if xtreme_v else None, groups={g: Stat(v) for g, v in group_v.items()},
+                    xtreme=Stat(xtreme_v) if xtreme_v else None, xtreme_r=Stat(xtreme_r_v) if xtreme_r_v else None,
+                    groups={g: Stat(v) for g, v in group_v.items()},
                     gap={t: tuple(Stat(list(part)) for part in zip(*v)) for t, v in gap_v.items()})
     for (task, lang), v in lang_v.items():
         scores.lang.setdefault(task, {})[lang] = Stat(v)
@@ -228,12 +235,17 @@ def _ordered(names: set[str], reference: list[str]) -> list[str]:
 
 
 def build_tables(scores: dict[Setting, Scores], split: str = "dev") -> list[Table]:
-    targets = _ordered({t for s in scores.values() for t in s.task}, list(XTREME_TASKS) + list(TASKS))
+    targets = _ordered({t for s in scores.values() for t in s.task},
+                       list(XTREME_TASKS) + list(XTREME_R_TASKS) + list(TASKS))
     label = {s: s.label for s in scores}
     baseline = next((s for s in scores if not s.tasks), None)
+    # The XTREME-R column only when some setting has all ten of its targets.
+    totals = {"XTREME": lambda sc: sc.xtreme,
+              **({"XTREME-R": lambda sc: sc.xtreme_r} if any(sc.xtreme_r for sc in scores.values()) else {})}
     tables = [Table("main", f"Target-task scores ({split}, mean ± std over seeds)",
-                    ["intermediate", *targets, "avg", "XTREME"],
-                    [[label[s], *(sc.task.get(t) for t in targets), sc.avg, sc.xtreme] for s, sc in scores.items()])]
+                    ["intermediate", *targets, "avg", *totals],
+                    [[label[s], *(sc.task.get(t) for t in targets), sc.avg, *(f(sc) for f in totals.values())]
+                     for s, sc in scores.items()])]
     if baseline is not None:
         base = scores[baseline]
 
@@ -241,9 +253,9 @@ def build_tables(scores: dict[Setting, Scores], split: str = "dev") -> list[Tabl
             return Delta(a.mean - b.mean) if a is not None and b is not None else None
 
         tables.append(Table("delta", f"Difference to {label[baseline]} (mean over seeds)",
-                            ["intermediate", *targets, "avg", "XTREME"],
+                            ["intermediate", *targets, "avg", *totals],
                             [[label[s], *(delta(sc.task.get(t), base.task.get(t)) for t in targets),
-                              delta(sc.avg, base.avg), delta(sc.xtreme, base.xtreme)]
+                              delta(sc.avg, base.avg), *(delta(f(sc), f(base)) for f in totals.values())]
                              for s, sc in scores.items() if s.tasks]))
     for task in targets:
         langs = _ordered({lang for sc in scores.values() for lang in sc.lang.get(task, {})},
@@ -296,6 +308,7 @@ def tidy_records(scores: dict[Setting, Scores], tables: list[Table]) -> list[dic
     for s, sc in scores.items():
         add(s, "avg", sc.avg)
         add(s, "xtreme", sc.xtreme)
+        add(s, "xtreme_r", sc.xtreme_r)
         for group, stat in sc.groups.items():
             add(s, f"group:{group}", stat)
         for task, stat in sc.task.items():
@@ -346,7 +359,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, split: str = "dev", qa_met
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     header = (f"split: {split}; QA score: {'(EM+F1)/2' if qa_metric == 'em_f1' else 'F1'}; "
-              f"XTREME score only when all 9 targets are present; sources: {len(files)} results.jsonl")
+              f"XTREME score only when all 9 targets are present (XTREME-R: all 10); sources: {len(files)} results.jsonl")
     if plots:
         from . import plots as plots_mod
 
