@@ -29,7 +29,7 @@ import contextlib
 import inspect
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -38,9 +38,6 @@ import torch
 from .config import SpeedConfig  # noqa: F401  (re-exported: the loop and the bench take it from here)
 
 log = logging.getLogger(__name__)
-
-
-
 
 ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionInterface
 # Encoders whose embeddings take explicit position_ids and whose attention goes through AttentionInterface,
