@@ -166,3 +166,28 @@ def test_smoke_pipeline_runs_on_other_architectures(arch, tmp_path, cli):
     from transformers import AutoModel
 
     assert type(AutoModel.from_pretrained(run_dir / "intermediate" / "encoder")).__name__ == ENCODER_CLASS[arch]
+
+
+def test_retrieval_embeds_t5_decoder_layers_when_the_decoder_side_is_chosen(tok):
+    from stilts_xling import architectures
+    from stilts_xling.tasks.retrieval import embed, resolve_layer
+
+    sentences = ["a short one", "ein etwas längerer Satz hier", "这是一个句子"]
+    encoder, _ = tiny("t5", tok, seq2seq_side="decoder")
+    encoder.config.num_decoder_layers = encoder.config.num_layers + 1  # a decoder deeper than its encoder
+    decoder_side = type(encoder)(encoder.config).eval()
+    assert architectures.depth(decoder_side) == encoder.config.num_layers + 1
+    top = resolve_layer(architectures.depth(decoder_side), -1)
+    got = embed(decoder_side, tok, sentences, [0, top], pooling="mean", batch_size=2)
+    # The same vectors by hand: the decoder's last hidden layer, fed the input shifted right.
+    ids = tok(sentences[1:2])["input_ids"]
+    batch = collate([{"input_ids": ids[0]}], tok.pad_token_id)
+    with torch.no_grad():
+        states = architectures.layer_states(decoder_side, batch["input_ids"], batch["attention_mask"])
+    assert len(states) == architectures.depth(decoder_side) + 1
+    want = states[top].mean(dim=1)[0]
+    torch.testing.assert_close(got[top][1], want, rtol=1e-5, atol=1e-6)
+    # Encoder side: the encoder's own stack, as before.
+    encoder_side, _ = tiny("t5", tok)
+    assert architectures.depth(encoder_side) == encoder_side.config.num_layers
+    assert embed(encoder_side, tok, sentences, [1])[1].shape == (3, encoder_side.config.d_model)

@@ -101,14 +101,34 @@ def encoder_class_name(config: Any, side: str) -> str:
     return encoder_name
 
 
-def hidden_states(model: Any, ids: torch.Tensor, mask: torch.Tensor, decoder: bool = False) -> torch.Tensor:
-    """[rows, length, hidden]: the encoder's last layer, or with `decoder` (`runs_decoder(model)`, checked
-    once by the caller) the decoder's last layer of a whole encoder-decoder."""
+def _run(model: Any, ids: torch.Tensor, mask: torch.Tensor, decoder: bool, **kwargs: Any) -> Any:
     if not decoder:
-        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return model(input_ids=ids, attention_mask=mask, **kwargs)
     # Teacher forcing on the input itself, shifted right by the decoder start token: decoder position i
     # reads input tokens < i and the whole encoder output, so the last real position has seen everything.
     start = torch.full_like(ids[:, :1], model.config.decoder_start_token_id)
     decoder_ids = torch.cat([start, ids[:, :-1]], dim=1)
-    return model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids,
-                 decoder_attention_mask=mask).last_hidden_state
+    return model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, decoder_attention_mask=mask,
+                 **kwargs)
+
+
+def hidden_states(model: Any, ids: torch.Tensor, mask: torch.Tensor, decoder: bool = False) -> torch.Tensor:
+    """[rows, length, hidden]: the encoder's last layer, or with `decoder` (`runs_decoder(model)`, checked
+    once by the caller) the decoder's last layer of a whole encoder-decoder."""
+    return _run(model, ids, mask, decoder).last_hidden_state
+
+
+def layer_states(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every layer's hidden states (index 0 = embeddings) of what the heads read: the decoder's for a whole
+    encoder-decoder, the model's own otherwise. `len(...) - 1` is the depth `retrieval.layer` counts in."""
+    decoder = runs_decoder(model)
+    out = _run(model, ids, mask, decoder, output_hidden_states=True)
+    return out.decoder_hidden_states if decoder else out.hidden_states
+
+
+def depth(model: Any) -> int:
+    """Layers of the stack `layer_states` returns (T5's decoder may be deeper or shallower than its encoder)."""
+    config = model.config
+    if runs_decoder(model):
+        return getattr(config, "num_decoder_layers", None) or config.num_hidden_layers
+    return config.num_hidden_layers

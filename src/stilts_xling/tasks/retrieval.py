@@ -90,8 +90,7 @@ def embed(encoder: Any, tokenizer: Any, sentences: list[str], layers: list[int],
         batch = collate([{"input_ids": ids[i]} for i in idx], tokenizer.pad_token_id)
         mask = batch["attention_mask"].to(device)
         with autocast(device, bf16):
-            states = encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                             output_hidden_states=True).hidden_states
+            states = architectures.layer_states(encoder, batch["input_ids"].to(device), mask)
         rows = torch.tensor(idx, device=device)
         for k in layers:  # pool in fp32: bf16 sums over 512 tokens lose about 3 digits
             out[k][rows] = POOLERS[pooling](states[k].float(), mask)
@@ -265,7 +264,7 @@ class RetrievalFamily:
         set_seed(cfg.seed)  # a tiny random encoder is then the same for every target
         device = ctx.accelerator.device
         encoder = load_encoder(source, cfg.model, tokenizer).to(device)
-        depth = encoder.config.num_hidden_layers
+        depth = architectures.depth(encoder)
         layer = resolve_layer(depth, st["layer"], st["layer_fraction"])
         layers = list(range(depth + 1)) if st["layer_sweep"] else [layer]
 
