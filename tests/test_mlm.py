@@ -98,6 +98,14 @@ def test_languages_are_concatenated_from_the_option():
     assert translated.languages(MLM, None) == MLM_LANGUAGES and len(MLM_LANGUAGES) == 40
     missing = translated.missing_files(MLM, CFG, None)
     assert len(missing) == 37 and missing[0].startswith("mlm train [af]: expected ")
+    # A run checks the chosen languages' dev files too, before training starts.
+    from stilts_xling.config import ExperimentConfig, IntermediateConfig, TaskOptions
+    from stilts_xling.pipeline import check_data
+
+    cfg = ExperimentConfig(data_dir=str(ASSETS), intermediate=IntermediateConfig(
+        tasks=["mlm"], task_options={"mlm": TaskOptions(languages=["en", "de", "ko"])}))
+    problems = check_data(cfg, ("intermediate",))
+    assert [p.split(":")[0] for p in problems] == ["mlm train [ko]", "mlm dev [ko]"], problems
 
 
 def test_config_checks_mlm_languages(tmp_path):
@@ -180,9 +188,13 @@ def test_mnli_with_mlm_end_to_end(tmp_path, cli):
     result = cli("run", SMOKE_MLM, f"run_dir={run_dir}")
     assert result.exit_code == 0, result.output
     rows = read_rows(run_dir / "results.jsonl")
-    dev = {(r["task"], r["metric"]): r["value"] for r in rows if r["phase"] == "intermediate"}
-    assert set(dev) == {("mnli", "accuracy"), ("mlm", "accuracy"), ("mlm", "perplexity")}
-    assert 0 <= dev[("mlm", "accuracy")] <= 100 and 1 < dev[("mlm", "perplexity")] < 2 * 1502
+    dev = {(r["task"], r["language"], r["metric"]): r["value"] for r in rows if r["phase"] == "intermediate"}
+    # MLM is scored on every chosen language's held-out text; MNLI on its English dev set only.
+    assert set(dev) == {("mnli", "en", "accuracy")} | {("mlm", lang, m) for lang in ("en", "de", "zh")
+                                                        for m in ("accuracy", "perplexity")}
+    for lang in ("en", "de", "zh"):
+        assert 0 <= dev[("mlm", lang, "accuracy")] <= 100 and 1 < dev[("mlm", lang, "perplexity")] < 2 * 1502
+    assert dev[("mlm", "de", "perplexity")] != dev[("mlm", "zh", "perplexity")]
     assert {r["language"] for r in rows if r["task"] == "xnli"} == {"en", "de", "zh"}
     from transformers import AutoModel
 

@@ -14,7 +14,9 @@ configs/intermediate/mnli_mlm.yaml shows how to give it a fixed share of the ste
 - Head: the checkpoint's own pretrained MLM head when it has one (xlm-roberta-large's lm_head, mBERT's
   cls), else a fresh BERT-style head; either way its output projection is the encoder's input embedding
   matrix (tied). Like every head it is dropped after intermediate training; only the encoder is saved.
-- Dev: masked-token accuracy (the selection metric) and perplexity = exp(mean NLL of the masked tokens).
+- Dev: masked-token accuracy and perplexity = exp(mean NLL of the masked tokens), on English during
+  training (MLM is auxiliary: it never chooses the checkpoint); after training every chosen language's
+  `{lang}.dev.txt` is scored too, one result row per language.
 """
 from __future__ import annotations
 
