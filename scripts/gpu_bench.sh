@@ -7,11 +7,13 @@
 # Leaves benchmarks/<device>-<date>.json (+ .txt table, .log) in the repo and in $OUT.
 #
 #   scripts/gpu_bench.sh            # on the GPU box
+#   scripts/gpu_bench.sh --quick    # MNLI only (Trainer, padded, graphs+compile, 16k), profiled; ~4 minutes
 #   scripts/gpu_bench.sh --tiny     # anywhere (CPU ok): tiny model, a few steps, checks the script itself
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TINY=0
+TINY=0; QUICK=0
 [[ "${1:-}" == "--tiny" ]] && TINY=1
+[[ "${1:-}" == "--quick" ]] && QUICK=1
 OUT_DIR="${OUT:-$PWD/benchmarks}"
 mkdir -p benchmarks "$OUT_DIR"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -48,13 +50,17 @@ EOF
 DEVICE=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
          | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-*$//')
 # Written straight into $OUT (when set), so a run cut off by the device's time limit still returns its JSON.
-NAME="$OUT_DIR/${DEVICE}-$(date +%Y-%m-%d)$([[ $TINY == 1 ]] && echo -tiny)"
+NAME="$OUT_DIR/${DEVICE}-$(date +%Y-%m-%d-%H%M)$([[ $TINY == 1 ]] && echo -tiny)$([[ $QUICK == 1 ]] && echo -quick)"
 LOG="$NAME.log"
 
 echo "== bench -> $NAME.json" >&2
 if [[ $TINY == 1 ]]; then
   ARGS=(--tiny --steps 2 --warmup 1 --batch-size 4 --tokens-per-step 512 --time-budget 120)
   LIMIT=300
+elif [[ $QUICK == 1 ]]; then
+  ARGS=(--shapes mnli --steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 150 --profile 5
+        --variants padded,unpadded+graphs+compile)
+  LIMIT=200
 else
   # Trainer and the plain loop first, then CUDA graphs (+compile), each stilts run followed by 5 profiled
   # steps; no new run after 250 s, killed at 330 s (the JSON is rewritten after every run, so a cut keeps
@@ -74,7 +80,7 @@ if [[ $TINY == 0 ]] && "$PY" -c "import pytest" 2>/dev/null; then
   echo "== CUDA tests of the unpadded path" >&2
   timeout -k 10 90 "$PY" -m pytest -q -x -m gpu tests/test_unpadded.py -p no:cacheprovider \
       -k "not compiled" 2>&1 | tail -25 | tee -a "$LOG" >&2
-  LEFT=$(( 480 - ($(date +%s) - START) ))
+  LEFT=$(( (QUICK ? 0 : 480) - ($(date +%s) - START) ))
   if (( LEFT > 90 )); then  # compile inside CUDA graphs, if time is left (all in under 8.5 minutes)
     timeout -k 10 $(( LEFT - 10 )) "$PY" -m pytest -q -m gpu tests/test_unpadded.py -p no:cacheprovider \
         -k "compiled" 2>&1 | tail -15 | tee -a "$LOG" >&2

@@ -191,3 +191,21 @@ def test_retrieval_embeds_t5_decoder_layers_when_the_decoder_side_is_chosen(tok)
     encoder_side, _ = tiny("t5", tok)
     assert architectures.depth(encoder_side) == encoder_side.config.num_layers
     assert embed(encoder_side, tok, sentences, [1])[1].shape == (3, encoder_side.config.d_model)
+
+
+@pytest.mark.parametrize("arch", ["t5", "llama", "xlm-roberta"])
+def test_model_dropout_zero_reaches_float_attention_dropout(arch, tok, batches):
+    from stilts_xling.model import set_dropout
+
+    encoder, _ = tiny(arch, tok)
+    for module in encoder.modules():  # make every float rate non-zero, so that a missed one shows
+        for name in ("dropout", "attention_dropout"):
+            if type(getattr(module, name, None)) is float:
+                setattr(module, name, 0.5)
+    model = set_dropout(MultiTaskModel(encoder, [get_task("mnli")]), 0.0).train()
+    rates = [getattr(m, name) for m in model.modules() for name in ("dropout", "attention_dropout")
+             if type(getattr(m, name, None)) is float]
+    assert all(r == 0.0 for r in rates) and all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    first, _ = model("mnli", batches["mnli"])
+    again, _ = model("mnli", batches["mnli"])
+    assert torch.equal(first, again)  # training mode, yet deterministic: no dropout anywhere

@@ -76,6 +76,23 @@ def test_overrides_apply_and_are_checked():
         load_config(SMOKE, ["seed"])
 
 
+def test_distributed_strategy_is_checked_with_the_speed_options_fsdp_cannot_run():
+    assert load_config(SMOKE).distributed.strategy == "auto"
+    assert load_config(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true"]).distributed.strategy == "fsdp"
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, ["distributed.strategy=fsdb", "distributed.stratgy=ddp"])
+    assert "distributed.strategy: 'fsdb' is not one of 'auto', 'ddp', 'fsdp' (did you mean 'fsdp'?)" in str(err.value)
+    assert "distributed.stratgy: unknown key (did you mean 'strategy'?)" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true", "speed.cuda_graphs=true",
+                            "speed.compile=true", "speed.token_budget=4096"])
+    assert len(err.value.problems) == 3
+    for key, default in [("cuda_graphs", "false"), ("compile", "false"), ("token_budget", "null")]:
+        assert f"speed.{key}: cannot be combined with FSDP" in str(err.value)
+        assert f"set speed.{key}: {default}" in str(err.value)
+    assert load_config(SMOKE, ["distributed.strategy=ddp", "speed.compile=true"]).speed.compile  # DDP: fine
+
+
 def test_missing_config_file(tmp_path, cli):
     result = cli("validate", tmp_path / "nope.yaml")
     assert result.exit_code == 2 and "config file not found" in result.output

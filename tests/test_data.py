@@ -1,6 +1,5 @@
 """Batching, collation, subsampling and multi-task sampling, with hand-computed expectations."""
 import pytest
-import torch
 
 from stilts_xling.config import SamplerConfig, TaskOptions
 from stilts_xling.data import collate, length_grouped_batches, subsample

@@ -1,6 +1,5 @@
 """End to end through the real CLI on the tiny model and the bundled fixtures."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -19,6 +19,7 @@ FAMILY_KEYS = {
     "tagging": {"id", "tokens", "tags"},
     "span_qa": {"id", "title", "context", "question", "answers", "is_impossible"},
     "mlm": {"id", "text"},
+    "dual_encoder": {"id", "language", "query", "target", "candidate", "candidate_context", "candidate_id"},
 }
 
 
@@ -46,7 +47,8 @@ def test_registry_is_complete():
         "mnli_jsonl", "snli_txt", "mnli_txt", "xnli_tsv", "xnli_mt_tsv", "anli_jsonl", "glue_qqp_tsv", "pawsx_tsv",
         "squad_json", "hellaswag_jsonl", "csqa_jsonl", "cosmosqa_csv", "cosmosqa_jsonl", "ccg_tsv", "conllu", "panx_iob",
         "glue_cola_tsv", "glue_sst2_tsv", "glue_mrpc_tsv", "glue_qnli_tsv", "glue_rte_tsv", "glue_wnli_tsv",
-        "glue_stsb_tsv", "copa_jsonl", "xcopa_jsonl", "siqa_jsonl", "text_lines"}
+        "glue_stsb_tsv", "copa_jsonl", "xcopa_jsonl", "siqa_jsonl", "text_lines",
+        "squad_sentences_json", "xquad_r_json", "mewslix_jsonl"}
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -100,6 +100,30 @@ def test_changed_config_refuses_with_a_diff_then_new_run_archives(tmp_path, cli)
     assert {r["seed"] for r in read_rows(run_dir / "results.jsonl")} == {2}
 
 
+def test_a_config_saved_before_new_keys_existed_is_the_same_run(tmp_path, cli):
+    """A newer version adds keys at their defaults: the old run dir resumes (same config hash, finished
+    results skipped) instead of asking for --new-run; a real change still refuses."""
+    import yaml
+
+    from stilts_xling.config import config_hash, load_config
+
+    run_dir = tmp_path / "run"
+    assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK).exit_code == 0
+    saved = run_dir / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["distributed"], old["xtreme"]["benchmark"]  # as written before these keys existed
+    saved.write_text(yaml.safe_dump(old, sort_keys=False))
+    rows = (run_dir / "results.jsonl").read_text()
+    again = cli("run", SMOKE, f"run_dir={run_dir}", *QUICK)
+    assert again.exit_code == 0, again.output
+    assert (run_dir / "results.jsonl").read_text() == rows  # everything was already there
+    assert not (run_dir / "archive").exists() and "distributed" in yaml.safe_load(saved.read_text())
+    assert config_hash(load_config(SMOKE, [f"run_dir={run_dir}", *QUICK])) == read_rows(run_dir / "results.jsonl")[0]["config_hash"]
+    old["seed"] = 5  # not a default-valued difference
+    saved.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK).exit_code == 2
+
+
 def test_a_run_dir_is_locked_against_a_second_run(tmp_path):
     from stilts_xling.config import load_config
     from stilts_xling.pipeline import start

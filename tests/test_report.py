@@ -1,7 +1,6 @@
 """`stilts_xling.report`: tables checked against hand-computed numbers from synthetic results.jsonl files,
 plus one report over real (tiny) runs made through the CLI."""
 import csv
-import hashlib
 import json
 import statistics
 import sys
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import SMOKE, run_cli
+from stilts_xling.config import hash_dict
 from stilts_xling.report import build_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,7 +23,7 @@ def write_run(root: Path, name: str, intermediate: list, seed: int, scores: dict
     run_dir.mkdir(parents=True)
     config = {"run_dir": str(run_dir), "seed": seed, "intermediate": {"tasks": intermediate, **(extra_config or {})}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]  # = config.config_hash
+    digest = hash_dict(config)  # = config.config_hash of the run
     base = {"run": name, "phase": "xtreme", "intermediate": intermediate, "split": "dev", "seed": seed,
             "model": "m", "config_hash": digest, "timestamp": "2024-01-01T00:00:00"}
     rows = [{**base, **r} for r in rows_before]

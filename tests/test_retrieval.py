@@ -284,3 +284,57 @@ def test_mining_100k_by_100k_in_bounded_memory():
     assert stats["peak_rss_bytes"] < 2 * 1024**3
     assert stats["planted_found"] >= 990
     assert stats["n_candidates"] <= 100_000
+
+
+# ------------------------------------------------------------------------------- mAP@k (LAReQA, Mewsli-X)
+
+@pytest.mark.parametrize("ranked,relevant,k,expected", [
+    # hits at ranks 2 and 4: (1/2 + 2/4) / min(2, 4)
+    (["a", "b", "c", "d"], {"b", "d"}, 4, 0.5),
+    # a repeat is no second hit but still takes a rank: b at 1 (1/1), c at 4 (2/4); (1 + .5) / 2
+    (["b", "b", "a", "c"], {"b", "c"}, 4, 0.75),
+    # fewer relevant than k: one relevant at rank 2, divided by min(1, 20) = 1
+    (["y", "x"], {"x"}, 20, 0.5),
+    # more relevant than k: only the first 2 ranks count, a at 1 -> 1/1, divided by min(4, 2) = 2
+    (["a", "e", "b"], {"a", "b", "c", "d"}, 2, 0.5),
+    (["e", "f", "a"], {"a"}, 2, 0.0),  # the hit lies beyond k
+    (["e", "f"], {"a"}, 20, 0.0),  # no hit
+    (["a"], set(), 20, 0.0),  # nothing relevant: 0 (xtreme would divide by zero)
+    (["b", "a", "c"], {"a", "b", "c"}, 3, 1.0),  # every rank a hit
+])
+def test_average_precision_at_k_hand_cases(ranked, relevant, k, expected):
+    assert R.average_precision_at_k(ranked, relevant, k) == pytest.approx(expected)
+
+
+# Keys on the unit circle: k0 (1, 0), k1 (.6, .8), k2 (0, 1), k3 (-1, 0).
+AP_KEYS = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+# q0 (1, 0):      cos 1, .6, 0, -1        -> ranks k0 k1 k2 k3
+# q1 (.28, .96):  cos .28, .936, .96, -.28 -> ranks k2 k1 k0 k3
+AP_QUERIES = torch.tensor([[2.0, 0.0], [0.28, 0.96], [0.0, 1.0]])
+AP_RELEVANT = [[1, 2], [3], []]
+
+
+def test_average_precisions_hand_example():
+    top, ap = R.average_precisions(AP_QUERIES, AP_KEYS, AP_RELEVANT, k=4)
+    assert top[:2].tolist() == [[0, 1, 2, 3], [2, 1, 0, 3]]
+    # q0: k1 at rank 2 (1/2), k2 at rank 3 (2/3) -> (1/2 + 2/3) / 2; q1: k3 at rank 4 -> 1/4; q2: none -> 0
+    assert ap.tolist() == pytest.approx([(1 / 2 + 2 / 3) / 2, 1 / 4, 0.0])
+    assert R.map_at_k(AP_QUERIES, AP_KEYS, AP_RELEVANT, k=4) == pytest.approx(100 * (7 / 12 + 1 / 4) / 3)
+    # k = 2: q0 keeps only k1 (1/2) over min(2, 2); q1's k3 falls outside
+    _, ap = R.average_precisions(AP_QUERIES, AP_KEYS, AP_RELEVANT, k=2)
+    assert ap.tolist() == pytest.approx([0.25, 0.0, 0.0])
+
+
+def test_average_precisions_agrees_with_the_reference_and_chunks():
+    g = torch.Generator().manual_seed(3)
+    q, keys = torch.randn(37, 8, generator=g), torch.randn(300, 8, generator=g)
+    relevant = [torch.randint(0, 300, (int(n),), generator=g).tolist() for n in torch.randint(0, 30, (37,), generator=g)]
+    top, ap = R.average_precisions(q, keys, relevant, k=20)
+    ranked = (R.normalize(q) @ R.normalize(keys).T).argsort(dim=1, descending=True)
+    for i in range(37):
+        assert top[i].tolist() == ranked[i, :20].tolist()
+        assert ap[i].item() == pytest.approx(R.average_precision_at_k(ranked[i].tolist(), relevant[i], 20))
+    _, small = R.average_precisions(q, keys, relevant, k=20, chunk_size=5, key_chunk_size=7)
+    torch.testing.assert_close(small, ap)
+    with pytest.raises(ValueError, match="relevant has 2 entries for 37 queries"):
+        R.average_precisions(q, keys, relevant[:2])

@@ -2,7 +2,6 @@
 prediction, scores, the CCG tag set from training data, specs, real samples, and the CLI end to end.
 
 Expected values are written out by hand in the comments."""
-import dataclasses
 import json
 import math
 from pathlib import Path

@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .languages import XTREME_R_LANGUAGES
+
 
 class ConfigError(ValueError):
     """A user error in a config file or override; `problems` lists every one found."""
@@ -125,6 +127,9 @@ class XtremeConfig:
     task_overrides: dict[str, TrainConfig] = field(default_factory=dict)
     task_options: dict[str, TaskOptions] = field(default_factory=dict)
     qa_score: Literal["em_f1", "f1"] = "em_f1"  # how QA enters the XTREME score (evaluate.py: em_f1)
+    # Which benchmark's language lists are the default (XTREME-R adds languages to UD-POS, PAN-X, Tatoeba
+    # and XQuAD) and which overall score the summary prints.
+    benchmark: Literal["xtreme", "xtreme-r"] = "xtreme"
 
 
 @dataclass
@@ -156,6 +161,36 @@ class SpeedConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How several processes (torchrun, accelerate launch) share the training; one process ignores it."""
+
+    # ddp: every process holds the whole model and AdamW state, gradients are averaged. fsdp: parameters,
+    # gradients and AdamW state are split across the processes (FSDP2, one unit per transformer block), for
+    # models whose training state does not fit one GPU. auto: fsdp under `accelerate launch --use_fsdp`,
+    # else ddp. Results are the same up to floating-point summation order (FSDP gathers fp32 parameters and
+    # computes under the same bf16 autocast as DDP).
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+
+
+# Speed options that FSDP cannot run with, and why (pipeline.start checks them too, for --use_fsdp).
+_NOT_WITH_FSDP = {
+    "cuda_graphs": "a captured graph cannot hold FSDP's per-block all-gathers and reduce-scatters",
+    "compile": "compiled blocks are not checked against FSDP's per-block hooks",
+    # Every rank must run the same forward passes, or their all-gathers pair up wrongly.
+    "token_budget": "each process splits its own share of a micro batch by tokens, so processes could run "
+                    "different numbers of forward passes",
+}
+
+
+def fsdp_problems(cfg: "ExperimentConfig") -> list[str]:
+    """The speed options set in `cfg` that FSDP cannot run with, each naming its key and its default."""
+    defaults = SpeedConfig()
+    return [f"speed.{key}: cannot be combined with FSDP (distributed.strategy fsdp or accelerate launch "
+            f"--use_fsdp): {why}; set speed.{key}: {json.dumps(getattr(defaults, key))}"
+            for key, why in _NOT_WITH_FSDP.items() if getattr(cfg.speed, key) != getattr(defaults, key)]
+
+
+@dataclass
 class ExperimentConfig:
     run_dir: str = "runs/default"
     seed: int = 1
@@ -171,6 +206,7 @@ class ExperimentConfig:
     xtreme: XtremeConfig = field(default_factory=XtremeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,7 +305,8 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                 errors.append(f"{key}.{name}: {name!r} is not among the configured tasks{_suggest(name, allowed)}")
     for name, langs in cfg.xtreme.languages.items():
         if name in registry.TASKS:
-            known = registry.TASKS[name].languages
+            # XTREME-R adds languages to some targets (lt, pl, uk, ... for UD-POS and PAN-X)
+            known = tuple(dict.fromkeys(registry.TASKS[name].languages + XTREME_R_LANGUAGES.get(name, ())))
             for lang in langs:
                 if lang not in known:
                     errors.append(f"xtreme.languages.{name}: {lang!r} is not a {name} language "
@@ -311,6 +348,8 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
         errors.append(f"speed.buckets: lengths must be positive, got {sp.buckets}")
     if sp.cuda_graphs and not sp.unpadded:
         errors.append("speed.cuda_graphs: needs speed.unpadded: true (graphs are captured over packed rows)")
+    if cfg.distributed.strategy == "fsdp":
+        errors += fsdp_problems(cfg)
     for key in ("k", "batch_size", "max_length"):
         if getattr(cfg.retrieval, key) <= 0:
             errors.append(f"retrieval.{key}: must be positive, got {getattr(cfg.retrieval, key)}")
@@ -390,9 +429,45 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    text = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+def identity(data: dict, defaults: Optional[dict] = None) -> dict:
+    """The keys of a resolved config (as to_dict or a saved config.yaml gives it) whose values differ from
+    the defaults. A key a newer version adds at its default leaves this unchanged, so runs started before
+    it still compare equal and keep their hash (a run resumes instead of asking for --new-run)."""
+    defaults = to_dict(ExperimentConfig()) if defaults is None else defaults
+    out = {}
+    for key, value in data.items():
+        default = defaults.get(key, _MISSING)
+        if type(value) is dict and type(default) is dict and default:  # a section: compare key by key
+            inner = identity(value, default)
+            if inner:
+                out[key] = inner
+        elif value != default:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
+def hash_dict(data: dict) -> str:
+    """config_hash of a resolved config given as plain data (a saved config.yaml)."""
+    text = json.dumps(identity(data), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """12 hex digits that name a config in results rows: the sha256 of its non-default values."""
+    return hash_dict(to_dict(cfg))
+
+
+def same_config(saved_text: str, cfg: ExperimentConfig) -> bool:
+    """Whether a saved config.yaml describes `cfg` (differences only in keys left at their defaults, such as
+    keys added by a newer version, do not count)."""
+    try:
+        saved = yaml.safe_load(saved_text) or {}
+    except yaml.YAMLError:
+        return False
+    return type(saved) is dict and identity(saved) == identity(to_dict(cfg))
 
 
 def dump_yaml(cfg: ExperimentConfig) -> str:

@@ -27,6 +27,7 @@ XTREME_R_LANGUAGES: dict[str, tuple[str, ...]] = {
     "tydiqa": XTREME_LANGUAGES["tydiqa"],
     "tatoeba": XTREME_LANGUAGES["tatoeba"] + _T("az lt pl uk ro".split()),
     "mewslix": _T("ar de en es fa ja pl ro ta tr uk".split()),
+    "lareqa": XTREME_LANGUAGES["xquad"],  # XQuAD-R: the 11 original XQuAD languages (no ro)
 }
 
 # Tatoeba files and hub configs use ISO 639-3 codes.

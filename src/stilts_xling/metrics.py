@@ -374,6 +374,7 @@ XTREME_R_GROUPS: dict[str, tuple[str, ...]] = {
 }
 XTREME_R_TASKS: tuple[str, ...] = tuple(t for ts in XTREME_R_GROUPS.values() for t in ts)
 BENCHMARK_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {"xtreme": XTREME_GROUPS, "xtreme-r": XTREME_R_GROUPS}
+BENCHMARK_TASKS: dict[str, tuple[str, ...]] = {"xtreme": XTREME_TASKS, "xtreme-r": XTREME_R_TASKS}
 MAP_METRIC = "map@20"  # LAReQA and Mewsli-X (xtreme: mewslix_map20, LAReQA switched to mAP@20 in e23cf42)
 
 
@@ -423,7 +424,7 @@ def group_scores(task_scores: Mapping[str, float], benchmark: str = "xtreme") ->
 def benchmark_score(task_scores: Mapping[str, float], benchmark: str = "xtreme") -> float | None:
     """Unweighted mean of the benchmark's task scores (9 for XTREME, 10 for XTREME-R), or None unless all
     are present (evaluate.py only shows the overall score then). Extra keys are ignored."""
-    tasks = [t for ts in BENCHMARK_GROUPS[benchmark].values() for t in ts]
+    tasks = BENCHMARK_TASKS[benchmark]
     if not all(t in task_scores for t in tasks):
         return None
     return sum(task_scores[t] for t in tasks) / len(tasks)

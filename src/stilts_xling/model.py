@@ -124,14 +124,15 @@ def check_vocab(encoder: nn.Module, tokenizer: Any, name: str) -> None:
                          "they do not belong together; set model.tokenizer to the model's own tokenizer")
 
 
-def save_encoder(encoder: nn.Module, tokenizer: Any, out_dir: Path) -> None:
-    """Write to a temp folder, then rename, so a crash never leaves half an encoder behind."""
+def save_encoder(encoder: nn.Module, tokenizer: Any, out_dir: Path, state_dict: Optional[dict] = None) -> None:
+    """Write to a temp folder, then rename, so a crash never leaves half an encoder behind. `state_dict`:
+    the encoder's full weights when its own parameters are FSDP shards."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         import shutil
 
         shutil.rmtree(tmp)
-    encoder.save_pretrained(tmp)
+    encoder.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if out_dir.exists():
         import shutil
@@ -177,11 +178,21 @@ class MultiTaskModel(nn.Module):
         return family_of(self.specs[task]).forward(self.heads[task], hidden, pooled, batch)
 
 
+# Attention modules that keep their dropout rate as a plain float instead of an nn.Dropout (T5Attention's
+# `dropout`, Llama's `attention_dropout`).
+_FLOAT_DROPOUT_ATTRS = ("dropout", "attention_dropout")
+
+
 def set_dropout(model: nn.Module, p: Optional[float]) -> nn.Module:
-    """Every nn.Dropout in the model (encoder and heads) to `p`; transformers' attention reads its
-    dropout module's `p` too. None leaves the model as built."""
-    if p is not None:
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = p
+    """Every dropout rate in the model (encoder and heads) to `p`: each nn.Dropout (transformers' attention
+    reads its dropout module's `p` too) and the float rates some attention modules keep. None leaves the
+    model as built."""
+    if p is None:
+        return model
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        for name in _FLOAT_DROPOUT_ATTRS:
+            if type(getattr(module, name, None)) is float:
+                setattr(module, name, p)
     return model

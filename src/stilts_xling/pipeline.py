@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import config as config_mod
-from . import metrics, translated
+from . import metrics, parallel, translated
 from .cache import cached_features
 from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
+from .languages import XTREME_R_LANGUAGES
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, set_dropout, tokenizer_source
 from .scoring import write_predictions
 from .results import append_rows, metric_rows, read_rows, versions
@@ -37,6 +38,7 @@ class Context:
     config_hash: str
     accelerator: Any
     lock: Any = None
+    fsdp: bool = False  # the model is sharded across the processes (parallel.py)
 
     @property
     def results(self) -> Path:
@@ -80,26 +82,37 @@ def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     import torch
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("FSDP", "DEEPSPEED"):
-        # The loop accumulates and steps by hand and checkpoints full state dicts: right for DDP, not yet
-        # checked against FSDP's sharded states or DeepSpeed's own accumulation.
-        raise ValueError(f"{kind} is not supported yet; launch with plain DDP (torchrun or accelerate launch "
-                         "--multi_gpu), which scales across GPUs and nodes")
+    launched_fsdp = _launched_with_fsdp()  # before the Accelerator reads the launcher's environment
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Multi-task training steps one task at a time, so the other heads get no gradient in that step; DDP
+    # must be told to look for unused parameters or its gradient reduction never completes.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(cfg.intermediate.tasks) > 1)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    fsdp = _use_fsdp(cfg, launched_fsdp)
+    if accelerator.num_processes > 1 and cfg.speed.token_budget:
+        # Each process would split its own share by tokens, into counts that can differ between processes,
+        # and DDP's per-forward buffer broadcasts would then wait for each other forever.
+        raise ValueError("speed.token_budget cannot be used with several processes yet (each would split its "
+                         "share of a micro batch into its own number of pieces); set speed.token_budget: null and "
+                         "choose micro_batch_size instead")
     main = accelerator.is_main_process  # under DDP (torchrun/accelerate launch) rank 0 owns the run dir
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(run_dir) if main else None
     text = config_mod.dump_yaml(cfg)
     saved = run_dir / "config.yaml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != text:
+    saved_text = saved.read_text(encoding="utf-8") if saved.exists() else text
+    if saved_text != text and config_mod.same_config(saved_text, cfg) and not new_run:
+        # Only keys at their defaults differ (a newer version added some): the same run, same hash.
+        log.info("%s: the saved config differs only in keys left at their defaults; updating it", saved)
+    elif saved_text != text:
         if not new_run:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
                 lock.close()
-            diff = "".join(difflib.unified_diff(saved.read_text(encoding="utf-8").splitlines(True),
-                                                text.splitlines(True), "saved config.yaml", "this config"))
+            diff = "".join(difflib.unified_diff(saved_text.splitlines(True), text.splitlines(True),
+                                                "saved config.yaml", "this config"))
             raise ValueError(f"{run_dir} holds a run with a different config:\n{diff}\nUse another run_dir, or "
                              "pass --new-run to move the old run into <run_dir>/archive/ and start afresh.")
         if main:
@@ -108,7 +121,40 @@ def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
     if main:
         saved.write_text(text, encoding="utf-8")
     set_seed(cfg.seed)
-    return Context(cfg, run_dir, config_mod.config_hash(cfg), accelerator, lock)
+    return Context(cfg, run_dir, config_mod.config_hash(cfg), accelerator, lock, fsdp)
+
+
+def _launched_with_fsdp() -> bool:
+    """Whether accelerate launch asked for FSDP (--use_fsdp, or FSDP in its config file); DeepSpeed is
+    refused. The loop shards with FSDP2 itself, so the flag is taken out of the environment: accelerate
+    would build its own FSDP plugin from it (which also refuses CPU-only machines), and transformers would
+    load pretrained weights on rank 0 only (accelerate's default --fsdp_cpu_ram_efficient_loading)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError("DeepSpeed is not supported: its engine owns the optimizer step, gradient accumulation, "
+                         "clipping and checkpoints, which this loop does itself. For ZeRO-3-style sharding use "
+                         "FSDP (distributed.strategy=fsdp, or accelerate launch --use_fsdp); else plain DDP")
+    return os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _use_fsdp(cfg: ExperimentConfig, launched_fsdp: bool) -> bool:
+    """distributed.strategy against the launcher. One process outside a process group has nothing to shard."""
+    import torch.distributed as dist
+
+    strategy = cfg.distributed.strategy
+    if launched_fsdp:
+        if strategy == "ddp":
+            raise ValueError("launched with accelerate launch --use_fsdp, but distributed.strategy is ddp; drop "
+                             "--use_fsdp, or set distributed.strategy to fsdp or auto")
+        strategy = "fsdp"
+    if strategy != "fsdp":
+        return False
+    problems = config_mod.fsdp_problems(cfg)
+    if problems:  # load_config refuses these for strategy fsdp; here they meet --use_fsdp
+        raise ValueError("FSDP cannot run with these speed options:\n  " + "\n  ".join(problems))
+    if not (dist.is_available() and dist.is_initialized()):
+        log.info("distributed.strategy fsdp in a single process: nothing to shard, training the model whole")
+        return False
+    return True
 
 
 def _lock(run_dir: Path) -> Any:
@@ -147,6 +193,8 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
                          else missing_files(spec, "train", "en", cfg, opts))
             dev_spec = get_task(spec.train_task) if spec.train_task else spec
             problems += missing_files(dev_spec, dev_spec.dev_split, "en", cfg, None if spec.train_task else opts)
+            for lang in _own_dev_languages(cfg, spec):
+                problems += missing_files(spec, spec.dev_split, lang, cfg, opts)
             for extra in spec.extra_train:
                 problems += missing_files(get_task(extra), "train", "en", cfg)
     if "xtreme" in phases:
@@ -164,7 +212,12 @@ def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
 
 
 def target_languages(cfg: ExperimentConfig, spec: TaskSpec) -> tuple[str, ...]:
-    return tuple(cfg.xtreme.languages.get(spec.name, spec.languages))
+    """xtreme.languages.<task> if set, else the benchmark's list for the task (XTREME-R's are longer for
+    UD-POS, PAN-X, Tatoeba and XQuAD), else every language the task has."""
+    if spec.name in cfg.xtreme.languages:
+        return tuple(cfg.xtreme.languages[spec.name])
+    table = XTREME_R_LANGUAGES if cfg.xtreme.benchmark == "xtreme-r" else {}
+    return tuple(table.get(spec.name, spec.languages))
 
 
 def wanted_results(cfg: ExperimentConfig, spec: TaskSpec) -> list[tuple[str, str]]:
@@ -236,24 +289,56 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     with ctx.tracker("intermediate") as tracker:
         result = train(model, tasks, phase_hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
                        cfg.seed, cfg.bf16, desc="intermediate " + "+".join(cfg.intermediate.tasks),
-                       checkpoint_path=ckpt, speed=cfg.speed, tracker=tracker)
+                       checkpoint_path=ckpt, speed=cfg.speed, tracker=tracker, fsdp=ctx.fsdp)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     rows = []
     for task in tasks:  # full dev sets for the record; selection used the subset
-        metrics, _ = evaluate(model, task.spec, task.dev_examples, task.dev_features, "en",
-                              (task.hp.micro_batch_size or task.hp.batch_size) * 2, ctx.accelerator.device,
-                              tokenizer.pad_token_id, cfg.bf16)
-        rows += metric_rows(ctx.row_base("intermediate", task.spec.name, language="en", split=task.spec.dev_split,
-                                         best_step=result.best_step), metrics)
-        ctx.accelerator.print(f"intermediate {task.spec.name} dev: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        for lang, examples, features in _dev_sets(cfg, task, tokenizer):
+            metrics, _ = evaluate(model, task.spec, examples, features, lang,
+                                  (task.hp.micro_batch_size or task.hp.batch_size) * 2, ctx.accelerator.device,
+                                  tokenizer.pad_token_id, cfg.bf16)
+            rows += metric_rows(ctx.row_base("intermediate", task.spec.name, language=lang,
+                                             split=task.spec.dev_split, best_step=result.best_step), metrics)
+            where = "" if lang == "en" else f" {lang}"
+            ctx.accelerator.print(f"intermediate {task.spec.name}{where} dev: "
+                                  + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    encoder_state = _encoder_state(ctx, model)
     if ctx.accelerator.is_main_process:
-        save_encoder(model.encoder, tokenizer, out)
+        save_encoder(model.encoder, tokenizer, out, encoder_state)
         append_rows(ctx.results, rows)
         (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
         done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
         ckpt.unlink(missing_ok=True)  # the phase is complete; the encoder and rows hold everything
     ctx.accelerator.wait_for_everyone()  # the other ranks load this encoder next
     return out
+
+
+def _encoder_state(ctx: Context, model: MultiTaskModel) -> Optional[dict]:
+    """Under FSDP the encoder holds parameter shards: its full state dict, gathered to rank 0 (every rank
+    takes part); otherwise None, and the encoder saves its own."""
+    if not ctx.fsdp:
+        return None
+    state = parallel.full_model_state(model)
+    return {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def _own_dev_languages(cfg: ExperimentConfig, spec: TaskSpec) -> tuple[str, ...]:
+    """Languages besides English whose dev split an intermediate task with text of its own in several
+    languages (mlm) is scored on. Translated tasks have no translated dev sets: none."""
+    if spec.train_task or not translated.applies(spec):
+        return ()
+    langs = translated.languages(spec, cfg.intermediate.task_options.get(spec.name))
+    return tuple(lang for lang in langs if lang != "en")
+
+
+def _dev_sets(cfg: ExperimentConfig, task: TaskData, tokenizer: Any):
+    """(language, examples, features) to record after intermediate training: the English dev set that
+    model selection used, then every other chosen language's (continued MLM: perplexity per language)."""
+    yield "en", task.dev_examples, task.dev_features
+    opts = cfg.intermediate.task_options.get(task.spec.name)
+    for lang in _own_dev_languages(cfg, task.spec):
+        examples = load_examples(task.spec, task.spec.dev_split, lang, cfg, opts)
+        yield lang, examples, _features(cfg, task.spec, examples, tokenizer, task.hp.max_length)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,23 +422,28 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     with ctx.tracker(f"xtreme-{spec.name}") as tracker:
         result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
                        cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt, speed=cfg.speed,
-                       tracker=tracker)
+                       tracker=tracker, fsdp=ctx.fsdp)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
     done = finished(ctx, spec)
     batch = (hp.micro_batch_size or hp.batch_size) * 2
-    for lang, split in wanted_results(cfg, spec):
-        if (lang, split) in done:
-            continue
+    todo = [pair for pair in wanted_results(cfg, spec) if pair not in done]
+
+    def one(lang: str, split: str) -> tuple:
         examples = load_examples(spec, split, lang, cfg, opts)
         features = _features(cfg, spec, examples, tokenizer, hp.max_length)
-        metrics, predictions = evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
-                                        tokenizer.pad_token_id, cfg.bf16)
+        return (lang, split, examples, *evaluate(model, spec, examples, features, lang, batch, ctx.accelerator.device,
+                                                 tokenizer.pad_token_id, cfg.bf16))
+
+    # A family that scores every language against one shared pool (dual encoders) yields the same tuples.
+    score_all = getattr(family_of(spec), "evaluate_languages", None)
+    scored = score_all(ctx, spec, model, tokenizer, hp, todo) if score_all else (one(*pair) for pair in todo)
+    for lang, split, examples, scores, predictions in scored:
         if ctx.accelerator.is_main_process:
             write_predictions(ctx.run_dir, spec.name, split, lang, predictions, examples)
             append_rows(ctx.results, metric_rows(ctx.row_base(
                 "xtreme", spec.name, language=lang, split=split, encoder=source,
-                train_task=train_spec.name, best_step=result.best_step), metrics))
-        ctx.accelerator.print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+                train_task=train_spec.name, best_step=result.best_step), scores))
+        ctx.accelerator.print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in scores.items()))
     if ctx.accelerator.is_main_process:
         ckpt.unlink(missing_ok=True)  # every language is scored; a rerun skips this target
 
@@ -383,15 +473,17 @@ def summary(ctx: Context) -> str:
             for r in rows:
                 if r["task"] == name and r["split"] == split:
                     per_lang.setdefault(r["language"], {})[r["metric"]] = r["value"]
-            if per_lang and name in metrics.XTREME_TASKS:
+            if per_lang and name in metrics.BENCHMARK_TASKS[ctx.cfg.xtreme.benchmark]:
                 try:
                     scores[name] = metrics.task_average(per_lang, name, ctx.cfg.xtreme.qa_score)
                 except ValueError:  # no score for this split (BUCC test without gold: predicted pairs only)
                     continue
         if scores:
-            overall = metrics.xtreme_score(scores)
-            lines.append(f"\nXTREME task scores ({split}, QA as {ctx.cfg.xtreme.qa_score}): "
+            bench = ctx.cfg.xtreme.benchmark
+            name, count = {"xtreme": ("XTREME", "nine"), "xtreme-r": ("XTREME-R", "ten")}[bench]
+            overall = metrics.benchmark_score(scores, bench)
+            lines.append(f"\n{name} task scores ({split}, QA as {ctx.cfg.xtreme.qa_score}): "
                          + ", ".join(f"{t} {v:.1f}" for t, v in scores.items()))
-            lines.append(f"XTREME score: {overall:.1f}" if overall is not None
-                         else "XTREME score: needs all nine tasks")
+            lines.append(f"{name} score: {overall:.1f}" if overall is not None
+                         else f"{name} score: needs all {count} tasks")
     return "\n".join(lines) or "no XTREME results yet"

@@ -43,6 +43,7 @@ def profile_steps(run_step: Callable[[], None], steps: int, device: torch.device
     """{"steps", "wall_ms_per_step", "busy_ms_per_step", "categories": {cat: ms/step}, "top": [{"name",
     "category", "ms_per_step", "calls_per_step"}]}; busy = summed self time of kernels (CUDA) or operators
     (CPU), so on CUDA wall - busy is time the GPU had nothing to run."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -55,7 +56,12 @@ def profile_steps(run_step: Callable[[], None], steps: int, device: torch.device
             run_step()
         sync()
         wall = time.perf_counter() - start
-    rows = sorted(((e.key, _self_us(e, cuda), e.count) for e in prof.key_averages()), key=lambda r: -r[1])
+    # Device-side events only on CUDA (kernels, memcpy, memset): operator events also carry the time of the
+    # kernels they launched, so counting both would count it twice (and CUPTI markers such as "Command
+    # Buffer Full" are host-side waits, not work).
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    rows = sorted(((e.key, _self_us(e, cuda), e.count) for e in prof.key_averages()
+                   if getattr(e, "device_type", kind) == kind), key=lambda r: -r[1])
     rows = [r for r in rows if r[1] > 0]
     cats: dict[str, float] = defaultdict(float)
     for name, us, _ in rows:

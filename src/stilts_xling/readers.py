@@ -419,12 +419,8 @@ def read_panx_iob(path: Path, lang: str | None = None) -> list[dict]:
 
 # ---------------------------------------------------------------- span QA
 
-def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
-    """SQuAD v1.1/v2.0, XQuAD, MLQA, TyDiQA-GoldP json. Offsets are checked against the context.
-
-    ``lang`` filters TyDiQA files by their id prefix (``english-...`` -> "en"); files without such
-    prefixes are single-language (the file name carries the language) and ignore it.
-    """
+def load_squad_doc(path: Path) -> dict:
+    """A SQuAD-layout json document ({"data": [...]}), or a DataError naming the file and line."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             doc = json.load(f)
@@ -432,6 +428,16 @@ def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
         raise _err(path, e.lineno, f"invalid JSON ({e.msg})", "re-download the file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise _err(path, 1, "expected an object with a 'data' list", "use the SQuAD json layout")
+    return doc
+
+
+def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
+    """SQuAD v1.1/v2.0, XQuAD, MLQA, TyDiQA-GoldP json. Offsets are checked against the context.
+
+    ``lang`` filters TyDiQA files by their id prefix (``english-...`` -> "en"); files without such
+    prefixes are single-language (the file name carries the language) and ignore it.
+    """
+    doc = load_squad_doc(path)
     out = []
     for a, art in enumerate(doc["data"]):
         for p, par in enumerate(_get(art, "paragraphs", path, f"data[{a}]")):
@@ -649,3 +655,7 @@ READER_FAMILY: dict[str, str] = {
     **dict.fromkeys(("copa_jsonl", "xcopa_jsonl", "siqa_jsonl"), "multiple_choice"),
     "text_lines": "mlm",
 }
+
+# The dual-encoder retrieval formats (XQuAD-R, Mewsli-X, SQuAD as sentence pairs) live in their own module,
+# which adds them to READERS and READER_FAMILY above when it is imported (here, whichever module comes first).
+from . import readers_retrieval  # noqa: E402,F401

@@ -10,7 +10,6 @@ evaluate.py (facts.md 2.3)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .config import hash_dict
 from .languages import XTREME_LANGUAGES, script
 from .metrics import XTREME_R_TASKS, XTREME_TASKS, group_scores, task_average, xtreme_r_score, xtreme_score
 from .results import read_rows
@@ -101,12 +101,12 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _configs(run_dir: Path) -> dict[str, dict[str, str]]:
-    """config_hash -> flat config, from the config*.yaml files pipeline.start saved in the run dir.
-    Same digest as config.config_hash (sha256 of the sorted-key JSON of the resolved config)."""
+    """config_hash -> flat config, from the config*.yaml files pipeline.start saved in the run dir (the
+    digest is config.config_hash's: of the values that differ from the defaults)."""
     out = {}
     for path in sorted(run_dir.glob("config*.yaml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        out[hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]] = _flatten(data)
+        out[hash_dict(data)] = _flatten(data)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Retrieval maths for BUCC (bitext mining) and Tatoeba (nearest-neighbour search).
+"""Retrieval maths for BUCC (bitext mining), Tatoeba (nearest-neighbour search) and mAP@k (LAReQA, Mewsli-X).
 
 The definitions follow google-research/xtreme ``third_party/utils_retrieve.py`` (itself a LASER
 port) and ``evaluate.py``; where xtreme is ambiguous or crashes, the docstring says what is done
@@ -7,8 +7,9 @@ device of the first argument, so CUDA inputs run on the GPU. Similarities are co
 L2-normalised inside every function. No function ever holds the full n x m similarity matrix:
 ``knn`` works on (chunk_size x key_chunk_size) blocks and merges running top-k lists.
 
-Metric convention: precision / recall / F1 / accuracy / recall@k are percentages (0-100), as in
-xtreme ``evaluate.py`` (bucc_f1, accuracy) and the rest of this project.
+Metric convention: precision / recall / F1 / accuracy / recall@k / mAP@k are percentages (0-100), as in
+xtreme ``evaluate.py`` (bucc_f1, accuracy) and the rest of this project; a single query's average
+precision (``average_precision_at_k``, ``average_precisions``) is a fraction in [0, 1].
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 __all__ = [
     "Candidate", "normalize", "knn", "margin_candidates", "cosine_candidates",
     "best_threshold", "apply_threshold", "prf", "nn_accuracy", "tatoeba_scores", "recall_at_k",
+    "average_precision_at_k", "average_precisions", "map_at_k",
 ]
 
 
@@ -337,3 +339,64 @@ def recall_at_k(queries: Any, keys: Any, ks: Sequence[int] = (1, 5, 10), gold: A
     _, hit = knn(_tensor(queries), keys, max(ks), chunk_size=chunk_size)
     found = hit == _gold_index(gold, hit.shape[0], hit.device)[:, None]
     return {f"recall@{k}": 100 * found[:, :k].any(1).double().mean().item() for k in ks}
+
+
+def average_precision_at_k(ranked: Sequence[Hashable], relevant: Iterable[Hashable], k: int) -> float:
+    """AP@k of one ranked list, as xtreme ``third_party/utils_lareqa.py`` ``average_precision_at_k``.
+
+    Walk the first ``k`` entries of ``ranked``; at each relevant entry not seen earlier in the list
+    add precision@i = hits so far / i (i counts every position, repeats included). Divide by
+    ``min(len(relevant), k)``. No relevant item gives 0 (xtreme would divide by zero; Mewsli-X's
+    MRR@k, which this equals for one relevant item, gives 0 for a query whose gold is not found).
+    Returns a fraction in [0, 1].
+    """
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    seen, hits, total = set(), 0, 0.0
+    for i, item in enumerate(ranked[:k], start=1):
+        if item in relevant and item not in seen:
+            hits += 1
+            total += hits / i
+        seen.add(item)
+    return total / min(len(relevant), k)
+
+
+def _relevance_codes(relevant: Sequence[Iterable[int]], n_keys: int, device: torch.device) -> torch.Tensor:
+    # Each (query, key) relevance pair as the one integer query * n_keys + key, sorted, so a whole
+    # [queries, k] block of retrieved keys is checked with one torch.isin instead of python sets.
+    codes = [q * n_keys + int(j) for q, keys in enumerate(relevant) for j in set(keys)]
+    return torch.tensor(sorted(codes), dtype=torch.long, device=device)
+
+
+def average_precisions(queries: Any, keys: Any, relevant: Sequence[Iterable[int]], k: int = 20,
+                       chunk_size: int = 4096, key_chunk_size: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine top-k retrieval and each query's AP@k (``average_precision_at_k`` on tensors).
+
+    ``relevant[i]`` holds the key indices relevant to query i (any iterable; may be empty).
+    Returns ``(top, ap)``: ``top`` [n_queries, min(k, n_keys)] key indices by decreasing cosine and
+    ``ap`` [n_queries] float64 fractions, both on the queries' device. The search is ``knn``'s
+    chunked top-k, so memory stays at one similarity block whatever the number of keys (Mewsli-X:
+    about a million); the hit test is one ``isin`` over the [n_queries, k] ranks.
+    """
+    q = _tensor(queries)
+    if len(relevant) != q.shape[0]:
+        raise ValueError(f"relevant has {len(relevant)} entries for {q.shape[0]} queries")
+    n_keys = torch.as_tensor(keys).shape[0]
+    _, top = knn(q, keys, k, chunk_size=chunk_size, key_chunk_size=key_chunk_size)
+    rows = torch.arange(q.shape[0], device=top.device)[:, None]
+    hit = torch.isin(rows * n_keys + top, _relevance_codes(relevant, n_keys, top.device)).double()
+    # knn never returns a key twice, so every hit is a first occurrence: precision@i = cumsum / i.
+    ranks = torch.arange(1, top.shape[1] + 1, device=top.device, dtype=torch.float64)
+    total = (hit * hit.cumsum(1) / ranks).sum(1)
+    n_rel = torch.tensor([len(set(r)) for r in relevant], device=top.device, dtype=torch.float64)
+    ap = torch.where(n_rel > 0, total / n_rel.clamp(min=1, max=k), torch.zeros_like(total))
+    return top, ap
+
+
+def map_at_k(queries: Any, keys: Any, relevant: Sequence[Iterable[int]], k: int = 20,
+             chunk_size: int = 4096, key_chunk_size: int = 16384) -> float:
+    """mAP@k (percentage): the mean over queries of ``average_precisions``. LAReQA's mAP@20
+    (xtreme ``mean_avg_prec_at_k``) and, with one relevant key per query, Mewsli-X's MRR@20."""
+    _, ap = average_precisions(queries, keys, relevant, k, chunk_size, key_chunk_size)
+    return 100 * ap.mean().item()

@@ -6,6 +6,9 @@ Formats, by family (xtreme's evaluate.py reads the same):
   span_qa         JSON {question id: answer text}              (xquad, mlqa, tydiqa) .json
   bucc2018        "src_id<TAB>trg_id" per mined pair                                .tsv
   tatoeba         one predicted target line index per line                          .tsv
+  dual_encoder    JSON {question id: [top-20 candidate ids]}   (mewslix, lareqa)     .json
+                  Mewsli-X's labels use the same layout, {example id: [gold entity id]} (xtreme
+                  mock_test_data/labels/mewslix/test-<lang>.json); scored as mAP@20.
 """
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ from typing import Any, Callable
 
 from . import metrics
 from .readers import READERS, DataError
+from .retrieval import average_precision_at_k
+from .tasks.dual_encoder import K, METRIC
 from .tasks.registry import get_task
 
-EXTENSION = {"classification": "tsv", "tagging": "tsv", "span_qa": "json", "retrieval": "tsv"}
+EXTENSION = {"classification": "tsv", "tagging": "tsv", "span_qa": "json", "retrieval": "tsv", "dual_encoder": "json"}
 
 
 def _lines(path: Path) -> list[str]:
@@ -55,6 +60,11 @@ def _write_span_qa(predictions: dict, examples: list[dict]) -> str:
     return json.dumps(answers, ensure_ascii=False, indent=1) + "\n"
 
 
+def _write_ranked(predictions: dict, examples: list[dict]) -> str:
+    ranked = {ex["id"]: predictions[ex["id"]] for ex in examples if ex["id"] in predictions}
+    return json.dumps(ranked, ensure_ascii=False) + "\n"
+
+
 def _answer_text(prediction: Any) -> str:
     # Span-QA families may carry extra fields (e.g. a no-answer score); the file holds the text only.
     return prediction["text"] if isinstance(prediction, dict) else str(prediction)
@@ -63,7 +73,7 @@ def _answer_text(prediction: Any) -> str:
 _WRITERS: dict[str, Callable[[dict, list[dict]], str]] = {
     "classification": _write_classification, "multiple_choice": _write_classification,
     "regression": _write_classification,  # one score per line (STS-B)
-    "tagging": _write_tagging, "span_qa": _write_span_qa,
+    "tagging": _write_tagging, "span_qa": _write_span_qa, "dual_encoder": _write_ranked,
 }
 
 
@@ -125,6 +135,25 @@ def _pairs(path: Path) -> set[tuple[str, str]]:
     return out
 
 
+def _json_lists(path: Path, what: str) -> dict[str, list]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: expected a JSON object {{{what}}} ({err})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
+        raise DataError(f"{path}: expected a JSON object {{{what}}}")
+    return obj
+
+
+def _score_ranked(task: str, lang: str, pred: Path, gold: Path) -> dict:
+    """mAP@20 over the gold ids (a gold id without a prediction scores 0), as xtreme utils_mewslix.evaluate;
+    with one gold id per question this is Mewsli-X's MRR@20."""
+    predictions = _json_lists(pred, "question id: [ranked candidate ids]")
+    golds = _json_lists(gold, "question id: [relevant candidate ids]")
+    aps = [average_precision_at_k(predictions.get(q, []), relevant, K) for q, relevant in golds.items()]
+    return {METRIC: 100 * sum(aps) / max(1, len(aps))}
+
+
 def _score_bucc(task: str, lang: str, pred: Path, gold: Path) -> dict:
     return metrics.bucc_scores(_pairs(pred), _pairs(gold))
 
@@ -143,6 +172,7 @@ def _same_count(preds: list, golds: list, pred: Path, gold: Path, what: str) -> 
 
 _SCORERS: dict[str, Callable[[str, str, Path, Path], dict]] = {
     "classification": _score_classification, "tagging": _score_tagging, "span_qa": _score_span_qa,
+    "dual_encoder": _score_ranked,
 }
 _TASK_SCORERS = {"bucc2018": _score_bucc, "tatoeba": _score_tatoeba}
 

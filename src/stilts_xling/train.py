@@ -9,6 +9,7 @@ change how batches are built and run, not what a step computes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -21,7 +22,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, parallel
 from .config import SamplerConfig, TrainConfig
 from .data import feature_length, length_grouped_batches
 from .evaluate import autocast, evaluate
@@ -186,17 +187,26 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
                accelerator: Any, max_grad_norm: Optional[float], device: torch.device, bf16: bool,
                set_to_none: bool = True) -> list[torch.Tensor]:
     """One optimizer step on one task's micro batches; returns their unscaled losses, left on the device
-    (no host sync). `accelerator` None means plain `backward` and `clip_grad_norm_` (benchmarks)."""
+    (no host sync). `accelerator` None means plain `backward` and `clip_grad_norm_` (benchmarks, and FSDP:
+    torch's clip_grad_norm_ takes the norm over every rank's gradient shards)."""
     losses = []
-    for micro in micro_batches:
+    # Gradients are averaged across processes once per step, after its last micro batch: FSDP2 modules
+    # reduce-scatter only then, DDP skips its all-reduce inside no_sync.
+    sync = getattr(model, "set_requires_gradient_sync", None)
+    no_sync = getattr(model, "no_sync", None)
+    for i, micro in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        if sync is not None:
+            sync(last)
         batch = {k: v.to(device, non_blocking=True) for k, v in micro.batch.items()}
-        with autocast(device, bf16):
-            loss, _ = model(task, batch)
-        scaled = loss / len(micro_batches) if micro.weight is None else loss * micro.weight
-        if accelerator is not None:
-            accelerator.backward(scaled)
-        else:
-            scaled.backward()
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            with autocast(device, bf16):
+                loss, _ = model(task, batch)
+            scaled = loss / len(micro_batches) if micro.weight is None else loss * micro.weight
+            if accelerator is not None:
+                accelerator.backward(scaled)
+            else:
+                scaled.backward()
         losses.append(loss.detach())
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     if max_grad_norm and not clip_in_step(inner, max_grad_norm):
@@ -212,10 +222,11 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
 def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
           pad_id: int, seed: int, bf16: bool = True, desc: str = "train",
           on_eval: Optional[Any] = None, speed: Optional[SpeedConfig] = None, tracker: Optional[Any] = None,
-          checkpoint_path: Optional[Path] = None) -> TrainResult:
+          checkpoint_path: Optional[Path] = None, fsdp: bool = False) -> TrainResult:
     """Train; with `checkpoint_path`, resume from it when it exists and write it every
     `hp.checkpoint_every` steps (0: at each evaluation) and at the end. A resumed run replays the same
-    data order and RNG states, so on CPU it ends bit-identical to an uninterrupted one."""
+    data order and RNG states, so on CPU it ends bit-identical to an uninterrupted one. `fsdp`: shard the
+    model across the processes (parallel.py) instead of replicating it."""
     device = accelerator.device
     names = [t.spec.name for t in tasks]
     by_name = {t.spec.name: t for t in tasks}
@@ -229,12 +240,16 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     dev = {n: _dev_subset(by_name[n], hp.eval_subset, seed) for n in names}
     eval_every = hp.eval_every or math.ceil(steps / max(1.0, max(by_name[n].hp.epochs for n in names)))
 
-    optimizer = _optimizer(model, hp, fused=device.type == "cuda")
-    scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
     speed = speed or SpeedConfig()
     max_seqlen = max(feature_length(f) for t in tasks for f in t.train) if speed.unpadded else 0
-    plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
+    if fsdp:  # the speed plan's start-up check runs the whole encoder, so it comes before sharding
+        plan = prepare(model.to(device), speed, device, bf16, pad_id, max_seqlen)
+    par = parallel.Sharded(model, device, bf16) if fsdp else parallel.Replicated(accelerator)
+    optimizer = _optimizer(model, hp, fused=device.type == "cuda")  # FSDP: over the parameter shards
+    scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
+    model, optimizer = par.prepare(model, optimizer)
+    if not fsdp:
+        plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
     max_rows = {n: micro[n] * rows_per_feature(by_name[n].train) for n in names}
     rng = random.Random(seed)
     # Drawn up front so that batches can be collated ahead; the same draws as one per step.
@@ -248,14 +263,15 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                 f"the checkpoint {checkpoint_path} belongs to a different training setup ({state['steps']} steps, "
                 f"now {steps}); delete it to start this phase afresh")
         start, bad_evals, best_state, best = state["step"], state["bad_evals"], state["best_state"], state["best"]
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        par.load_model_state(model, state["model"])
+        par.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         for task in schedule[:start]:  # replay the data order up to the checkpoint (index work only)
             for _ in range(accum[task]):
                 streams[task].next()
         log.info("resuming from %s at step %d of %d", checkpoint_path, start, steps)
+        state = None  # loaded into the model and optimizer: free the host copy (every rank read the file)
     batches = step_batches(plan, schedule[start:], streams, accum, max_rows, speed.workers,
                            accelerator.process_index, accelerator.num_processes)
     loss_sums = {n: torch.zeros((), device=device) for n in names}
@@ -268,20 +284,25 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
         if bad is not None:
             raise TrainingStopped(_diverged(bad, checkpoint_path))
         unchecked.clear()
-        if checkpoint_path is None or not accelerator.is_main_process:
+        if checkpoint_path is None:
+            return
+        # FSDP gathers the states on every rank (a collective); rank 0 alone receives and writes them.
+        model_state, optimizer_state = par.model_state(model), par.optimizer_state(model, optimizer)
+        if not accelerator.is_main_process:
             return
         checkpoint.save(checkpoint_path, {
             "step": step, "steps": steps, "schedule": schedule, "bad_evals": bad_evals, "best": best,
-            "best_state": best_state, "model": accelerator.unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state()})
+            "best_state": best_state, "model": model_state, "optimizer": optimizer_state,
+            "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state()})
 
     model.train()
     bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps, desc=desc,
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     with _Signals() as signals:
         for step, (task, micro_batches) in zip(bar, batches):
-            step_losses = train_step(model, task, micro_batches, optimizer, scheduler, accelerator, hp.max_grad_norm,
-                                     device, bf16, plan.set_to_none)
+            # FSDP: plain backward and torch's clipping (accelerate's looks for a model it prepared).
+            step_losses = train_step(model, task, micro_batches, optimizer, scheduler, None if fsdp else accelerator,
+                                     hp.max_grad_norm, device, bf16, plan.set_to_none)
             for loss, part in zip(step_losses, micro_batches):  # stays on device: no host sync per step
                 loss_sums[task] += loss if part.weight is None else loss * (part.weight * len(micro_batches))
             loss_counts[task] += len(micro_batches)
@@ -328,8 +349,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                 log.info("step %d: dev %s", step, {n: m[by_name[n].spec.metric] for n, m in metrics.items()})
                 if score > best.best_score:
                     best.best_step, best.best_score, best.dev_metrics = step, score, metrics
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in
-                                  accelerator.unwrap_model(model).state_dict().items()}
+                    best_state = par.snapshot(model)  # FSDP: rank 0 holds it, the other ranks {}
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -338,15 +358,16 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                         save_checkpoint(steps)  # a rerun resumes at the end: nothing left to train
                         break
             every = hp.checkpoint_every or eval_every
-            if step % every == 0 or step == steps or signals.received:
+            stop = par.any_rank(signals.received)  # FSDP: every rank checkpoints and stops at the same step
+            if step % every == 0 or step == steps or stop:
                 save_checkpoint(step)
-            if signals.received:
+            if stop:
                 bar.close()
-                raise TrainingStopped(f"stopped by signal {signals.received} after step {step}; the checkpoint "
-                                      f"{checkpoint_path} holds it: rerun the same command to resume")
+                raise TrainingStopped(f"stopped by signal {signals.received or 'on another rank'} after step {step}; "
+                                      f"the checkpoint {checkpoint_path} holds it: rerun the same command to resume")
     bar.close()
     batches.close()
     plan.close()
     if best_state is not None:
-        accelerator.unwrap_model(model).load_state_dict(best_state)
+        par.load_model_state(model, best_state, from_rank0=True)
     return best

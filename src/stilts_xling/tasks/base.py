@@ -71,7 +71,10 @@ class TaskSpec:
 
 class Family(Protocol):
     """A family that trains. A family may instead define `run_target(ctx, spec, encoder_source)`, which
-    replaces fine-tuning in phase 3 (retrieval embeds with the encoder as it is)."""
+    replaces fine-tuning in phase 3 (retrieval embeds with the encoder as it is). A family that trains but
+    scores every language against one shared pool (dual_encoder) may define `evaluate_languages(ctx, spec,
+    model, tokenizer, hp, todo)`, yielding (language, split, examples, metrics, predictions) for each
+    (language, split) of `todo`; phase 3 then calls it instead of evaluating one language at a time."""
 
     name: str
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import difflib
 
-from . import classification, mlm, multiple_choice, regression, tagging, span_qa, retrieval
+from . import classification, dual_encoder, mlm, multiple_choice, regression, tagging, span_qa, retrieval
 from .base import Family, TaskSpec
 
-_MODULES = [classification, multiple_choice, tagging, span_qa, retrieval, regression, mlm]
+_MODULES = [classification, multiple_choice, tagging, span_qa, retrieval, dual_encoder, regression, mlm]
 
 FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in _MODULES}
 TASKS: dict[str, TaskSpec] = {spec.name: spec for m in _MODULES for spec in m.TASKS}
