@@ -79,6 +79,18 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(kind, choices):
         assert torch.allclose(grad, packed[2][name], rtol=1e-3, atol=1e-4 * scale), name
 
 
+def test_wider_padding_multiple_changes_shapes_not_results():
+    model, task = _model("classification")
+    model.eval()
+    feats = _features(7, seed=3, lo=5, hi=20)  # longest row 21 tokens
+    plans = [prepare(model, SpeedConfig(pad_multiple=m), torch.device("cpu"), False, PAD, 64) for m in (8, 32)]
+    (narrow, _, computed8), (wide, _, computed32) = (plan.collate(feats, len(feats)) for plan in plans)
+    assert narrow["input_ids"].shape[1] == 24 and wide["input_ids"].shape[1] == 32
+    assert computed32 == 7 * 32 and computed8 == 7 * 24
+    a, b = _loss_and_grads(model, task, narrow), _loss_and_grads(model, task, wide)
+    assert torch.allclose(a[0], b[0], rtol=1e-6) and torch.allclose(a[1], b[1], atol=1e-6)
+
+
 def test_collate_packed_layout_xlmr_positions_start_at_padding_idx_plus_one():
     feats = [{"input_ids": [0, 11, 12, 2], "labels": 0}, {"input_ids": [0, 13, 2], "labels": 1}]
     batch = collate_packed(feats, PAD, position_offset=PAD + 1, max_seqlen=64, max_rows=4, length=16)

@@ -70,6 +70,7 @@ SHAPES = {
 # In run order: the plain loop first, then the riskier paths (a CUDA fault ends the runs after it).
 VARIANTS = {
     "padded": SpeedConfig(),  # train.py's defaults: length-grouped padded batches, eager
+    "padded/32": SpeedConfig(pad_multiple=32),  # the same with 4 widths up to 128 instead of 16
     "unpadded+graphs": SpeedConfig(unpadded=True, cuda_graphs=True, workers=1),
     "unpadded+graphs+compile": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1),
     "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),

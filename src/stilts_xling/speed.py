@@ -488,7 +488,7 @@ class SpeedPlan:
             batch = collate_packed(features, self.pad_id, self.offset, self.max_seqlen, max_rows, length)
             computed = batch["packed_ids"].size(1)
         else:
-            batch = collate(features, self.pad_id)
+            batch = collate(features, self.pad_id, self.speed.pad_multiple)
             computed = batch["attention_mask"].numel()
         if self.pin:
             batch = {k: v.pin_memory() for k, v in batch.items()}
