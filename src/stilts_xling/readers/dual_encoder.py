@@ -26,10 +26,10 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .readers import READER_FAMILY, READERS, _err, _get, _jsonl, _nonempty, load_squad_doc
-from .sentence_breaks import sentence_breaks
+from ..sentence_breaks import sentence_breaks
+from .common import _err, _get, _jsonl, _nonempty, load_squad_doc
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,8 @@ def read_mewslix_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     return _nonempty(out, path, lang)
 
 
-_READERS = {"squad_sentences_json": read_squad_sentences_json, "xquad_r_json": read_xquad_r_json,
-            "mewslix_jsonl": read_mewslix_jsonl}
-READERS.update(_READERS)
-READER_FAMILY.update(dict.fromkeys(_READERS, "dual_encoder"))
+READERS: dict[str, Callable[..., list[dict]]] = {
+    "squad_sentences_json": read_squad_sentences_json, "xquad_r_json": read_xquad_r_json,
+    "mewslix_jsonl": read_mewslix_jsonl,
+}
+FAMILY = "dual_encoder"
