@@ -198,7 +198,7 @@ def test_fsdp_in_one_process_is_plain_training_and_its_states_round_trip(one_ran
 
 def test_launcher_selects_fsdp_and_deepspeed_is_refused(monkeypatch):
     from stilts_xling.config import load_config
-    from stilts_xling.pipeline import _launched_with_fsdp, _use_fsdp
+    from stilts_xling.rundir import _launched_with_fsdp, _use_fsdp
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert _launched_with_fsdp() and "ACCELERATE_USE_FSDP" not in os.environ  # kept from accelerate/transformers

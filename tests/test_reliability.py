@@ -126,12 +126,12 @@ def test_a_config_saved_before_new_keys_existed_is_the_same_run(tmp_path, cli):
 
 def test_a_run_dir_is_locked_against_a_second_run(tmp_path):
     from stilts_xling.config import load_config
-    from stilts_xling.pipeline import start
+    from stilts_xling.rundir import start
 
     cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
     first = start(cfg)
     try:
-        code = ("import sys; from stilts_xling.config import load_config; from stilts_xling.pipeline import start\n"
+        code = ("import sys; from stilts_xling.config import load_config; from stilts_xling.rundir import start\n"
                 f"start(load_config({str(SMOKE)!r}, ['run_dir={tmp_path / 'run'}']))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode != 0 and "is in use by pid" in out.stderr

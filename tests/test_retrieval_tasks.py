@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ASSETS, REPO, run_cli, shared_data
 
-from stilts_xling import pipeline
+from stilts_xling import pipeline, rundir
 from stilts_xling.config import ModelConfig, load_config
 from stilts_xling.model import TINY_TOKENIZER, load_encoder, load_tokenizer
 from stilts_xling.readers import read_bucc, read_tatoeba
@@ -152,7 +152,7 @@ def run_retrieval(run_dir, *overrides, **settings):
     cfg = load_config(CONFIG, [f"run_dir={run_dir}", f"data_dir={ASSETS}", *overrides])
     if settings:
         with_retrieval(cfg, **settings)
-    pipeline.eval_xtreme(pipeline.start(cfg))
+    pipeline.eval_xtreme(rundir.start(cfg))
     return run_dir
 
 

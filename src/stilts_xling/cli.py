@@ -71,13 +71,13 @@ def train_intermediate(config: Path = CONFIG, overrides: Optional[List[str]] = O
 
     Example: stilts train-intermediate configs/intermediate/mnli.yaml seed=2
     """
-    from . import pipeline
+    from . import pipeline, rundir
 
     cfg = _load(config, overrides)
     _setup_logging()
     _check_data_or_exit(cfg, ("intermediate",))
     def go() -> None:
-        with pipeline.start(cfg, new_run) as ctx:
+        with rundir.start(cfg, new_run) as ctx:
             ctx.accelerator.print(f"encoder saved to {pipeline.train_intermediate(ctx)}")
 
     _guard(go)
@@ -89,7 +89,7 @@ def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
 
     Example: stilts eval-xtreme configs/xtreme.yaml xtreme.encoder=runs/mnli/intermediate/encoder
     """
-    from . import pipeline
+    from . import pipeline, rundir
 
     cfg = _load(config, overrides)
     _setup_logging()
@@ -97,7 +97,7 @@ def eval_xtreme(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDE
 
     def go() -> None:
         pipeline.encoder_source(cfg)  # a missing encoder fails before anything is written
-        with pipeline.start(cfg, new_run) as ctx:
+        with rundir.start(cfg, new_run) as ctx:
             pipeline.eval_xtreme(ctx)
             ctx.accelerator.print(pipeline.summary(ctx))
 
@@ -110,14 +110,14 @@ def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_r
 
     Example: HF_HUB_OFFLINE=1 stilts run configs/smoke.yaml
     """
-    from . import pipeline
+    from . import pipeline, rundir
 
     cfg = _load(config, overrides)
     _setup_logging()
     _check_data_or_exit(cfg, ("intermediate", "xtreme"))
 
     def go() -> None:
-        with pipeline.start(cfg, new_run) as ctx:
+        with rundir.start(cfg, new_run) as ctx:
             pipeline.train_intermediate(ctx)
             pipeline.eval_xtreme(ctx)
             ctx.accelerator.print(pipeline.summary(ctx))

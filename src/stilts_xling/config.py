@@ -175,7 +175,7 @@ class DistributedConfig:
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
-# Speed options that FSDP cannot run with, and why (pipeline.start checks them too, for --use_fsdp).
+# Speed options that FSDP cannot run with, and why (rundir.start checks them too, for --use_fsdp).
 _NOT_WITH_FSDP = {
     "cuda_graphs": "a captured graph cannot hold FSDP's per-block all-gathers and reduce-scatters",
     "compile": "compiled blocks are not checked against FSDP's per-block hooks",

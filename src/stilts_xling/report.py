@@ -101,7 +101,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _configs(run_dir: Path) -> dict[str, dict[str, str]]:
-    """config_hash -> flat config, from the config*.yaml files pipeline.start saved in the run dir (the
+    """config_hash -> flat config, from the config*.yaml files rundir.start saved in the run dir (the
     digest is config.config_hash's: of the values that differ from the defaults)."""
     out = {}
     for path in sorted(run_dir.glob("config*.yaml")):
