@@ -52,8 +52,8 @@ def _assert_same_metrics(run_dir, reference):
     metrics, rows = _metrics(run_dir)
     assert rows == reference[1]  # rank 0 alone writes results
     assert metrics.keys() == reference[0].keys()
-    for key, value in reference[0].items():
-        assert abs(metrics[key] - value) < 1e-6, key
+    for key, value in reference[0].items():  # relative: perplexities run to thousands
+        assert abs(metrics[key] - value) < 1e-6 * max(1.0, abs(value)), key
 
 
 @pytest.fixture(scope="module")
@@ -232,15 +232,17 @@ def test_layer_stacks_of_every_architecture():
 
 
 def test_ddp_multitask_with_accumulation_matches_one_process(tmp_path):
-    """Two tasks (MNLI + SNLI): each step trains one head, so DDP must tolerate the other head's unused
-    parameters; 2 micro batches per step average their gradients across processes only after the last."""
-    over = [*OVER, "intermediate.tasks=[mnli,snli]", "intermediate.train.max_steps=12",
-            "intermediate.train.micro_batch_size=4"]
-    assert run_cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'one'}", *over).exit_code == 0
-    out = _torchrun("train-intermediate", SMOKE, f"run_dir={tmp_path / 'two'}", *over)
+    """MNLI + MLM: each step trains one head, so DDP must tolerate the other head's unused parameters; 4
+    micro batches per step average their gradients across processes only after the last; and MLM's loss,
+    a mean over masked tokens that the two processes hold in different numbers, is normalized by the
+    step's global token count, so 2 processes compute what 1 does."""
+    config = REPO / "configs" / "smoke" / "mlm.yaml"
+    over = ["model.dropout=0", "intermediate.train.max_steps=10", "intermediate.train.micro_batch_size=2"]
+    assert run_cli("train-intermediate", config, f"run_dir={tmp_path / 'one'}", *over).exit_code == 0
+    out = _torchrun("train-intermediate", config, f"run_dir={tmp_path / 'two'}", *over)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     one = _metrics(tmp_path / "one")
-    assert {key[1] for key in one[0]} == {"mnli", "snli"}
+    assert {key[1] for key in one[0]} == {"mnli", "mlm"}
     _assert_same_metrics(tmp_path / "two", one)
 
 

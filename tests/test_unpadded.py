@@ -372,3 +372,38 @@ def test_compiled_layers_give_the_eager_gradients_and_compile_twice_at_most():
     plan.close()
     assert all(layer._compiled_call_impl is None for layer in plan.compiled)
     torch._dynamo.reset()
+
+
+def test_token_level_loss_is_the_mean_over_the_whole_step_however_it_is_split():
+    """MLM (token-level, like tagging): a step of 8 lines gives the same gradient as one micro batch or two
+    of 4 whose masked-token counts differ (each weighted by its share of the step's tokens, not 1/2)."""
+    from pathlib import Path
+
+    from stilts_xling.config import ExperimentConfig, ModelConfig
+    from stilts_xling.data import load_examples, loss_terms
+    from stilts_xling.model import MultiTaskModel, TINY_TOKENIZER, load_encoder, load_tokenizer
+    from stilts_xling.tasks.registry import family_of, get_task
+
+    tok = load_tokenizer(str(TINY_TOKENIZER))
+    spec = get_task("mlm")
+    cfg = ExperimentConfig(data_dir=str(Path(__file__).parent / "assets"))
+    feats = family_of(spec).featurize(spec, load_examples(spec, "train", "en", cfg)[:8], tok, 64)[:8]
+    halves = [feats[:4], feats[4:]]
+    assert sum(map(loss_terms, halves[0])) != sum(map(loss_terms, halves[1]))
+    torch.manual_seed(0)
+    model = MultiTaskModel(load_encoder("tiny:xlm-roberta", ModelConfig(name="tiny:xlm-roberta"), tok), [spec]).eval()
+    plan = prepare(model, SpeedConfig(), torch.device("cpu"), False, tok.pad_token_id, 64)
+
+    def grads(parts):
+        model.zero_grad(set_to_none=True)
+        micro = plan.step_batches(parts, 8)
+        assert sum(m.weight for m in micro) == pytest.approx(1.0)
+        for m in micro:
+            loss, _ = model(spec.name, m.batch)
+            (loss * m.weight).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, split = grads([feats]), grads(halves)
+    for name, g in whole.items():
+        torch.testing.assert_close(split[name], g, rtol=1e-5, atol=1e-7)
+    plan.close()

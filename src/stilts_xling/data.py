@@ -209,6 +209,16 @@ def _pad(values: list, width: int, pad: int) -> torch.Tensor:
 # Token budgets, bucketed lengths and unpadded (packed) collation (speed.py uses these).
 
 
+def loss_terms(feature: dict) -> int:
+    """How many terms a feature adds to its task's mean loss: its labelled tokens for token-level labels
+    (tagging, MLM; -100 = none), else 1 (one label, one answer span, one question)."""
+    labels = feature.get("labels")
+    if isinstance(labels, list):
+        flat = [x for row in labels for x in row] if labels and isinstance(labels[0], list) else labels
+        return sum(1 for x in flat if x != -100)
+    return 1
+
+
 def sequence_lengths(feature: dict) -> list[int]:
     """Real token count of every row of a feature (one row, or one per choice)."""
     ids = feature["input_ids"]

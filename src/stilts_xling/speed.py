@@ -386,7 +386,7 @@ class MicroBatch:
     tokens: int  # sum of data.feature_length, as the progress bar counts them
     real_tokens: int  # non-pad tokens of every row (all choices)
     computed_tokens: int  # token positions the encoder runs: packed length, or rows x padded width
-    weight: Optional[float] = None  # share of the step's examples when a token budget split it; None = 1/count
+    weight: Optional[float] = None  # share of the step's loss terms (SpeedPlan.step_batches); None = 1/count
 
 
 class SpeedPlan:
@@ -494,18 +494,23 @@ class SpeedPlan:
             batch = {k: v.pin_memory() for k, v in batch.items()}
         return batch, real, computed
 
-    def step_batches(self, features: list[list[dict]], max_rows: int) -> list[MicroBatch]:
-        """One optimizer step's micro batches from the stream's micro batches (split by the token budget)."""
-        from .data import feature_length
+    def step_batches(self, features: list[list[dict]], max_rows: int,
+                     loss_terms: Optional[float] = None) -> list[MicroBatch]:
+        """One optimizer step's micro batches from the stream's micro batches (split by the token budget).
+
+        Each gets the weight that makes the step's loss the mean over all its loss terms (data.loss_terms:
+        labelled tokens, or one per example), not the mean of micro-batch means: its share of
+        `loss_terms`, this process's part of the step's terms (default: the sum over `features`)."""
+        from .data import feature_length, loss_terms as terms_of
 
         parts = [part for feats in features for part in self.micro_batches(feats)]
-        total = sum(len(p) for p in parts)
-        weighted = len(parts) != len(features)
+        counts = [sum(terms_of(f) for f in part) for part in parts]
+        total = max(loss_terms if loss_terms is not None else sum(counts), 1e-12)
         out = []
-        for part in parts:
+        for part, count in zip(parts, counts):
             batch, real, computed = self.collate(part, max_rows)
             out.append(MicroBatch(batch, len(part), sum(feature_length(f) for f in part), real, computed,
-                                  len(part) / total if weighted else None))
+                                  count / total))
         return out
 
     def prewarm(self, batch: dict[str, torch.Tensor]) -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, parallel
 from .config import SamplerConfig, TrainConfig
-from .data import feature_length, length_grouped_batches
+from .data import feature_length, length_grouped_batches, loss_terms
 from .evaluate import autocast, evaluate
 from .sampling import task_probabilities, total_steps
 from .speed import MicroBatch, SpeedConfig, SpeedPlan, prefetch, prepare
@@ -158,11 +158,17 @@ def step_batches(plan: SpeedPlan, schedule: list[str], streams: dict[str, _Strea
     """(task, micro batches) for each optimizer step of `schedule`, collated `workers` threads ahead.
 
     The streams are advanced here, in the caller's thread and in step order; only collation runs ahead.
-    Every rank draws the same global micro batches and keeps its shard; DDP averages the gradients."""
+    Every rank draws the same global micro batches and keeps its shard; DDP averages the gradients. So
+    that the step's loss is the mean over all its loss terms (labelled tokens for MLM and tagging) on
+    every rank and under accumulation alike, each rank normalizes by its share of the global count, which
+    every rank knows without communicating: the global batches are the same everywhere."""
     def jobs():
         for task in schedule:
-            features = [shard(streams[task].next(), rank, world) for _ in range(accum[task])]
-            yield lambda task=task, features=features: (task, plan.step_batches(features, max_rows[task]))
+            drawn = [streams[task].next() for _ in range(accum[task])]
+            terms = sum(loss_terms(f) for feats in drawn for f in feats) / world
+            features = [shard(feats, rank, world) for feats in drawn]
+            yield lambda task=task, features=features, terms=terms: (
+                task, plan.step_batches(features, max_rows[task], terms))
 
     return prefetch(jobs(), workers)
 
@@ -303,9 +309,10 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
             # FSDP: plain backward and torch's clipping (accelerate's looks for a model it prepared).
             step_losses = train_step(model, task, micro_batches, optimizer, scheduler, None if fsdp else accelerator,
                                      hp.max_grad_norm, device, bf16, plan.set_to_none)
-            for loss, part in zip(step_losses, micro_batches):  # stays on device: no host sync per step
-                loss_sums[task] += loss if part.weight is None else loss * (part.weight * len(micro_batches))
-            loss_counts[task] += len(micro_batches)
+            # The step's mean loss, left on the device (no host sync per step).
+            weights = [1 / len(micro_batches) if m.weight is None else m.weight for m in micro_batches]
+            loss_sums[task] += sum(loss * w for loss, w in zip(step_losses, weights)) / max(sum(weights), 1e-12)
+            loss_counts[task] += 1
             seen_examples += sum(m.examples for m in micro_batches)
             seen_tokens += sum(m.tokens for m in micro_batches)
             unchecked.append((step, torch.stack(step_losses).sum()))
