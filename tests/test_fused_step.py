@@ -3,7 +3,7 @@ exist): clipping inside fused AdamW, and word-embedding gradients added straight
 import pytest
 import torch
 
-from stilts_xling.speed import embedding_into_grad
+from stilts_xling.packing import embedding_into_grad
 from stilts_xling.train import clip_in_step
 
 

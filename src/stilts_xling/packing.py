@@ -1,0 +1,302 @@
+"""Packed (unpadded) rows for the encoder, and CUDA graphs of its forward and backward: the machinery
+behind `speed.unpadded` and `speed.cuda_graphs` (speed.py decides when to use it).
+
+A packed micro batch is every real token in one row, with per-sequence position ids and cu_seqlens
+(data.collate_packed). Attention stays within each sequence: flash-attention varlen from the kernels
+PyTorch's SDPA uses itself on CUDA in bf16/fp16 (checked against SDPA once per device), per-sequence padded
+SDPA elsewhere. `PackedEncoder` runs the encoder that way and hands the heads the padded [rows, L, H] layout;
+with `_Graphs` it replays one captured forward and backward graph per packed-length bucket.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import logging
+from types import SimpleNamespace
+from typing import Any, Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionInterface
+# Encoders whose embeddings take explicit position_ids and whose attention goes through AttentionInterface,
+# with the first position id of a sequence: RoBERTa-style models count from padding_idx + 1.
+_PACKABLE = {"xlm-roberta": "pad+1", "roberta": "pad+1", "camembert": "pad+1", "bert": "zero"}
+_FLASH_OK: dict[int, bool] = {}  # CUDA device index -> the varlen flash kernels passed the self-test
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention over packed rows.
+
+
+class _FlashVarlen(torch.autograd.Function):
+    """Flash attention over packed sequences (cu_seqlens) with dropout, from the kernels PyTorch's SDPA
+    uses itself (aten._flash_attention_forward/backward), so no flash_attn package is needed."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len: int, dropout: float, scale: float):
+        out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, dropout, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
+        ctx.max_len, ctx.dropout, ctx.scale = max_len, dropout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, ctx.dropout, False,
+            seed, offset, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def _segment_sdpa(query, key, value, cu, max_len: int, dropout: float, scale: Optional[float]):
+    """Fallback ([1, H, T, D] in, [1, T, H, D] out): scatter the packed rows into a padded
+    [segments, H, max_len, D] batch, run SDPA with a key-padding mask, gather back. Costs what the padded
+    path costs; serves CPU, float32 and GPUs without the flash kernels."""
+    heads, total, dim = query.size(1), query.size(2), query.size(3)
+    tokens = torch.arange(total, device=query.device, dtype=cu.dtype)
+    segment = torch.searchsorted(cu[1:].contiguous(), tokens, right=True)
+    slot = tokens.long() - cu.long()[segment]
+    lengths = (cu[1:] - cu[:-1]).long().clamp(min=1)  # empty rows attend to one zero slot, never to nothing
+    static = torch.compiler.is_compiling() or (query.is_cuda and torch.cuda.is_current_stream_capturing())
+    if not static:  # eager: pad to this batch's longest row, not to max_len (one host read per layer)
+        max_len = int(lengths.max())
+    keep = (torch.arange(max_len, device=query.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+    def pad(x):
+        out = x.new_zeros(cu.numel() - 1, max_len, heads, dim)
+        out[segment, slot] = x[0].transpose(0, 1)
+        return out.transpose(1, 2)
+
+    out = torch.nn.functional.scaled_dot_product_attention(pad(query), pad(key), pad(value), attn_mask=keep,
+                                                           dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2)[segment, slot].unsqueeze(0)
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers AttentionInterface function: packed rows when the call carries cu_seq_lens_q, and
+    otherwise exactly "sdpa" (evaluation keeps padded batches)."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _FLASH_OK.get(query.device.index):
+        q, k, v = (x.transpose(1, 2)[0] for x in (query, key, value))  # [1, H, T, D] -> [T, H, D], no copy
+        scale = scaling if scaling is not None else query.size(-1) ** -0.5
+        out = _FlashVarlen.apply(q, k, v, cu, kwargs["max_length_q"], dropout, scale)
+        return out.unsqueeze(0), None
+    return _segment_sdpa(query, key, value, cu, kwargs["max_length_q"], dropout, scaling), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded batches get sdpa's mask; packed ones none
+
+
+def flash_available(device: torch.device) -> bool:
+    """Whether the varlen flash kernels run and agree with SDPA on this device (checked once)."""
+    if device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _FLASH_OK:
+        try:
+            _FLASH_OK[index] = torch.cuda.get_device_capability(index) >= (8, 0) and _flash_self_test(index)
+        except Exception as err:  # any kernel/dispatch problem means: use the fallback
+            log.warning("flash-attention varlen unavailable (%s); packed rows use padded SDPA", err)
+            _FLASH_OK[index] = False
+    return _FLASH_OK[index]
+
+
+def _flash_self_test(index: int) -> bool:
+    gen = torch.Generator(device=f"cuda:{index}").manual_seed(0)
+    lengths, heads, dim = [5, 17, 64, 3, 1], 4, 64
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=f"cuda:{index}")
+    q, k, v = (torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen, dtype=torch.bfloat16)
+               .requires_grad_() for _ in range(3))
+    weight = torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen)
+    out = _FlashVarlen.apply(q, k, v, cu, 64, 0.0, dim ** -0.5)
+    grads = torch.autograd.grad((out.float() * weight).sum(), (q, k, v))
+    rq, rk, rv = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        *(x[a:b].transpose(0, 1) for x in (rq, rk, rv))).transpose(0, 1)
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (rq, rk, rv))
+    ok = all(torch.allclose(a.float(), b, atol=3e-2, rtol=3e-2) for a, b in zip((out, *grads), (ref, *ref_grads)))
+    if not ok:
+        log.warning("flash-attention varlen disagrees with SDPA on cuda:%d; packed rows use padded SDPA",
+                    index)
+    return ok
+
+
+def position_offset(config: Any) -> Optional[int]:
+    """First position id of a sequence for this encoder, or None when packing is not supported for it."""
+    kind = _PACKABLE.get(getattr(config, "model_type", ""))
+    if kind is None:
+        return None
+    return config.pad_token_id + 1 if kind == "pad+1" else 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The packed encoder, optionally replayed from CUDA graphs.
+
+
+class PackedEncoder:
+    """Runs the encoder on a packed batch; returns hidden states in the padded [rows, L, H] layout the heads
+    expect, zero at padding. MultiTaskModel calls it for batches that carry `cu_seqlens`."""
+
+    def __init__(self, encoder: torch.nn.Module, max_seqlen: int, graphs: Optional["_Graphs"] = None):
+        self.encoder, self.max_seqlen, self.graphs = encoder, max_seqlen, graphs
+
+    def encode(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                            max_length_q=self.max_seqlen, max_length_k=self.max_seqlen).last_hidden_state
+
+    def __call__(self, batch: dict[str, torch.Tensor], flat_mask: torch.Tensor) -> torch.Tensor:
+        ids, pos, cu = batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"]
+        if self.graphs is not None and self.encoder.training and torch.is_grad_enabled():
+            packed = self.graphs.run(ids, pos, cu)
+        else:
+            packed = self.encode(ids, pos, cu)
+        index = batch["unpack_index"]
+        hidden = packed[0].index_select(0, index.reshape(-1)).view(*index.shape, -1)
+        return hidden.masked_fill(~flat_mask.bool().unsqueeze(-1), 0.0)
+
+
+class _Replay(torch.autograd.Function):
+    """Forward: copy the batch into the bucket's static inputs and replay its forward graph. Backward:
+    replay its backward graph, which adds the encoder's gradients into their `.grad` tensors in place."""
+
+    @staticmethod
+    def forward(ctx, anchor, entry, ids, pos, cu):
+        entry.ids.copy_(ids)
+        entry.pos.copy_(pos)
+        entry.cu.copy_(cu)
+        entry.fwd.replay()
+        ctx.entry = entry
+        return entry.out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        entry = ctx.entry
+        if any(p.grad is not g for p, g in zip(entry.params, entry.grads)):
+            raise RuntimeError("the encoder's .grad tensors were replaced since the CUDA graphs were captured; "
+                               "with speed.cuda_graphs, zero gradients with zero_grad(set_to_none=False)")
+        entry.grad_out.copy_(grad)
+        entry.bwd.replay()
+        return None, None, None, None, None
+
+
+class _EmbeddingIntoGrad(torch.autograd.Function):
+    """A word-embedding lookup whose backward adds the rows' gradients straight into `weight.grad` (the
+    static tensor the CUDA graphs accumulate into) with one index_add over the batch's tokens. Autograd's
+    own backward materializes a dense [vocab, hidden] fp32 gradient (1 GB for XLM-R's 250k words) and then
+    adds it into `.grad`: about 4 GB of memory traffic and 1 GB of graph-pool memory a step, for ~1.5k
+    touched rows. Rows of `padding_idx` get nothing, as in nn.Embedding."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        return torch.nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        flat_ids, weight = ids.reshape(-1), ctx.weight
+        rows = grad.reshape(-1, grad.size(-1)).to(weight.grad.dtype)
+        if ctx.padding_idx is not None:
+            rows = rows.masked_fill((flat_ids == ctx.padding_idx).unsqueeze(-1), 0.0)
+        weight.grad.index_add_(0, flat_ids, rows)
+        return None, None, None
+
+
+@contextlib.contextmanager
+def embedding_into_grad(encoder: torch.nn.Module):
+    """While active, the encoder's word embeddings use _EmbeddingIntoGrad (their weight must have a
+    `.grad` tensor). Plain nn.Embedding only: max_norm, sparse or scaled gradients keep autograd's path."""
+    emb = encoder.get_input_embeddings()
+    plain = (type(emb) is torch.nn.Embedding and emb.max_norm is None and not emb.sparse
+             and not emb.scale_grad_by_freq and emb.weight.requires_grad)
+    if plain:
+        emb.forward = lambda ids: _EmbeddingIntoGrad.apply(ids, emb.weight, emb.padding_idx)
+    try:
+        yield plain
+    finally:
+        if plain:
+            del emb.forward  # back to the class's forward
+
+
+class _Graphs:
+    """One forward and one backward CUDA graph of the encoder per (packed length, cu_seqlens length),
+    captured on first use; all share one memory pool (only one bucket is ever in flight)."""
+
+    def __init__(self, encoder: torch.nn.Module, encode: Callable, bf16: bool, device: torch.device):
+        self.encode, self.bf16 = encode, bf16
+        self.encoder = encoder
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
+        self.small = [p for p in self.params if p.dim() < 2]
+        self.pool = torch.cuda.graph_pool_handle()
+        self.entries: dict[tuple[int, int], Optional[SimpleNamespace]] = {}  # None: capture failed
+        self.failed: list[str] = []
+        self.anchor = torch.zeros((), device=device, requires_grad=True)  # lets autograd reach _Replay.backward
+        self.mode = {"capture_error_mode": "thread_local"} if "capture_error_mode" in inspect.signature(
+            torch.cuda.graph.__init__).parameters else {}  # collate threads may pin memory meanwhile
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def ensure(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> Optional[SimpleNamespace]:
+        key = (ids.size(1), cu.size(0))
+        if key not in self.entries:
+            try:
+                self.entries[key] = self._capture(ids, pos, cu)
+            except Exception as err:  # capture records, it runs nothing: this bucket just stays eager
+                log.warning("CUDA graph capture failed for %d packed tokens (%s: %s); running it eagerly",
+                            ids.size(1), type(err).__name__, err)
+                self.entries[key] = None
+                self.failed.append(f"{key}: {type(err).__name__}: {err}")
+        return self.entries[key]
+
+    def run(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        entry = self.ensure(ids, pos, cu)
+        if entry is None:
+            return self.encode(ids, pos, cu)
+        return _Replay.apply(self.anchor, entry, ids, pos, cu)
+
+    def _capture(self, ids, pos, cu) -> SimpleNamespace:
+        e = SimpleNamespace(ids=ids.clone(), pos=pos.clone(), cu=cu.clone(), params=self.params)
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        e.grads = [p.grad for p in self.params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # run every kernel once outside capture (workspaces, lazy init, compilation)
+                with self._autocast():
+                    out = self.encode(e.ids, e.pos, e.cu)
+                torch.autograd.grad(out, self.small or self.params[:1], torch.ones_like(out), allow_unused=True)
+                del out
+        torch.cuda.current_stream().wait_stream(side)
+        e.fwd, e.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # The recorded backward then adds the word-embedding rows into .grad itself (see the Function).
+        with torch.cuda.graph(e.fwd, pool=self.pool, **self.mode), embedding_into_grad(self.encoder):
+            with self._autocast():
+                out = self.encode(e.ids, e.pos, e.cu)
+        e.grad_out = torch.zeros_like(out)
+        with torch.cuda.graph(e.bwd, pool=self.pool, **self.mode):
+            torch.autograd.backward(out, e.grad_out)
+        e.out = out.detach()
+        log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
+        return e
