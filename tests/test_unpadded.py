@@ -134,6 +134,7 @@ def test_token_budget_and_buckets_cover_every_example_exactly_once():
 
 
 def test_training_stream_with_a_token_budget_sees_each_example_once_per_epoch():
+    from stilts_xling.speed import loss_weights
     from stilts_xling.train import _Stream, step_batches
 
     model, task = _model("classification")
@@ -146,7 +147,7 @@ def test_training_stream_with_a_token_budget_sees_each_example_once_per_epoch():
     stream = _Stream(feats, 16, seed=0)
     seen = []
     for _, micro_batches in step_batches(plan, [task] * 6, {task: stream}, {task: 1}, {task: 16}, workers=2):
-        weights = [1 / len(micro_batches) if m.weight is None else m.weight for m in micro_batches]
+        weights = loss_weights(micro_batches)
         assert abs(sum(weights) - 1) < 1e-9
         for m in micro_batches:
             assert m.real_tokens <= 400 or m.examples == 1

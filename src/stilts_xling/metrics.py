@@ -375,7 +375,8 @@ XTREME_R_GROUPS: dict[str, tuple[str, ...]] = {
 XTREME_R_TASKS: tuple[str, ...] = tuple(t for ts in XTREME_R_GROUPS.values() for t in ts)
 BENCHMARK_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {"xtreme": XTREME_GROUPS, "xtreme-r": XTREME_R_GROUPS}
 BENCHMARK_TASKS: dict[str, tuple[str, ...]] = {"xtreme": XTREME_TASKS, "xtreme-r": XTREME_R_TASKS}
-MAP_METRIC = "map@20"  # LAReQA and Mewsli-X (xtreme: mewslix_map20, LAReQA switched to mAP@20 in e23cf42)
+MAP_K = 20  # LAReQA and Mewsli-X (xtreme: mewslix_map20, LAReQA switched to mAP@20 in e23cf42)
+MAP_METRIC = f"map@{MAP_K}"
 
 
 def _mean_metric(per_lang: Mapping[str, Mapping[str, float]], metric: str) -> float:

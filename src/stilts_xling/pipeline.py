@@ -17,7 +17,7 @@ from .languages import XTREME_R_LANGUAGES
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, set_dropout, tokenizer_source
 from .rundir import Context
 from .scoring import write_predictions
-from .results import append_rows, metric_rows, read_rows
+from .results import append_rows, format_metrics, metric_rows, read_rows
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of, get_task
 from .train import TaskData, train
@@ -142,8 +142,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
             rows += metric_rows(ctx.row_base("intermediate", task.spec.name, language=lang,
                                              split=task.spec.dev_split, best_step=result.best_step), scores)
             where = "" if lang == "en" else f" {lang}"
-            ctx.accelerator.print(f"intermediate {task.spec.name}{where} dev: "
-                                  + ", ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+            ctx.accelerator.print(f"intermediate {task.spec.name}{where} dev: {format_metrics(scores)}")
     encoder_state = _encoder_state(ctx, model)
     if ctx.accelerator.is_main_process:
         save_encoder(model.encoder, tokenizer, out, encoder_state)
@@ -285,7 +284,7 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
             append_rows(ctx.results, metric_rows(ctx.row_base(
                 "xtreme", spec.name, language=lang, split=split, encoder=source,
                 train_task=train_spec.name, best_step=result.best_step), scores))
-        ctx.accelerator.print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+        ctx.accelerator.print(f"{spec.name} {lang} {split}: {format_metrics(scores)}")
     if ctx.accelerator.is_main_process:
         ckpt.unlink(missing_ok=True)  # every language is scored; a rerun skips this target
 

@@ -57,6 +57,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    """"name=value, ..." with two decimals, as the phases print their scores."""
+    return ", ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+
+
 def metric_rows(base: dict[str, Any], metrics: dict[str, float]) -> list[dict[str, Any]]:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return [{**base, "metric": name, "value": round(float(value), 6), "timestamp": stamp}

@@ -22,7 +22,7 @@ import torch
 __all__ = [
     "Candidate", "normalize", "knn", "margin_candidates", "cosine_candidates",
     "best_threshold", "apply_threshold", "prf", "nn_accuracy", "tatoeba_scores", "recall_at_k",
-    "average_precision_at_k", "average_precisions", "map_at_k",
+    "average_precision_at_k", "mean_average_precision", "average_precisions", "map_at_k",
 ]
 
 
@@ -360,6 +360,13 @@ def average_precision_at_k(ranked: Sequence[Hashable], relevant: Iterable[Hashab
             total += hits / i
         seen.add(item)
     return total / min(len(relevant), k)
+
+
+def mean_average_precision(rankings: Iterable[tuple[Sequence[Hashable], Iterable[Hashable]]], k: int) -> float:
+    """mAP@k (percentage) of (ranked list, relevant items) pairs, one per query, each scored by
+    ``average_precision_at_k``; no queries gives 0."""
+    aps = [average_precision_at_k(ranked, relevant, k) for ranked, relevant in rankings]
+    return 100 * sum(aps) / max(1, len(aps))
 
 
 def _relevance_codes(relevant: Sequence[Iterable[int]], n_keys: int, device: torch.device) -> torch.Tensor:

@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 from . import metrics
 from .readers import READERS, DataError
-from .retrieval import average_precision_at_k
-from .tasks.dual_encoder import K, METRIC
+from .retrieval import mean_average_precision
 from .tasks.registry import get_task
 
 EXTENSION = {"classification": "tsv", "tagging": "tsv", "span_qa": "json", "retrieval": "tsv", "dual_encoder": "json"}
@@ -150,8 +149,8 @@ def _score_ranked(task: str, lang: str, pred: Path, gold: Path) -> dict:
     with one gold id per question this is Mewsli-X's MRR@20."""
     predictions = _json_lists(pred, "question id: [ranked candidate ids]")
     golds = _json_lists(gold, "question id: [relevant candidate ids]")
-    aps = [average_precision_at_k(predictions.get(q, []), relevant, K) for q, relevant in golds.items()]
-    return {METRIC: 100 * sum(aps) / max(1, len(aps))}
+    return {metrics.MAP_METRIC: mean_average_precision(
+        ((predictions.get(q, []), relevant) for q, relevant in golds.items()), metrics.MAP_K)}
 
 
 def _score_bucc(task: str, lang: str, pred: Path, gold: Path) -> dict:

@@ -107,6 +107,11 @@ class MicroBatch:
     weight: Optional[float] = None  # share of the step's loss terms (SpeedPlan.step_batches); None = 1/count
 
 
+def loss_weights(micro_batches: list[MicroBatch]) -> list[float]:
+    """What each micro batch's loss is multiplied by: its `weight`, or 1/count when none was set."""
+    return [1 / len(micro_batches) if m.weight is None else m.weight for m in micro_batches]
+
+
 class SpeedPlan:
     """Collation, micro-batching and model hooks for one training run; `close()` undoes the model hooks."""
 

@@ -27,7 +27,7 @@ from .config import SamplerConfig, TrainConfig
 from .data import feature_length, length_grouped_batches, loss_terms
 from .evaluate import autocast, evaluate
 from .sampling import task_probabilities, total_steps
-from .speed import MicroBatch, SpeedConfig, SpeedPlan, prefetch, prepare
+from .speed import MicroBatch, SpeedConfig, SpeedPlan, loss_weights, prefetch, prepare
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of
 from .tracking import flatten_metrics
@@ -200,7 +200,7 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
     # reduce-scatter only then, DDP skips its all-reduce inside no_sync.
     sync = getattr(model, "set_requires_gradient_sync", None)
     no_sync = getattr(model, "no_sync", None)
-    for i, micro in enumerate(micro_batches):
+    for i, (micro, weight) in enumerate(zip(micro_batches, loss_weights(micro_batches))):
         last = i == len(micro_batches) - 1
         if sync is not None:
             sync(last)
@@ -208,7 +208,7 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
         with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
             with autocast(device, bf16):
                 loss, _ = model(task, batch)
-            scaled = loss / len(micro_batches) if micro.weight is None else loss * micro.weight
+            scaled = loss * weight
             if accelerator is not None:
                 accelerator.backward(scaled)
             else:
@@ -310,7 +310,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
             step_losses = train_step(model, task, micro_batches, optimizer, scheduler, None if fsdp else accelerator,
                                      hp.max_grad_norm, device, bf16, plan.set_to_none)
             # The step's mean loss, left on the device (no host sync per step).
-            weights = [1 / len(micro_batches) if m.weight is None else m.weight for m in micro_batches]
+            weights = loss_weights(micro_batches)
             loss_sums[task] += sum(loss * w for loss, w in zip(step_losses, weights)) / max(sum(weights), 1e-12)
             loss_counts[task] += 1
             seen_examples += sum(m.examples for m in micro_batches)

@@ -44,6 +44,7 @@ epoch is kept; patience is irrelevant at 2-3 evaluations.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
@@ -53,11 +54,12 @@ from torch import nn
 from .. import retrieval as R
 from ..config import TrainConfig
 from ..languages import XTREME_R_LANGUAGES
+from ..metrics import MAP_K, MAP_METRIC
 from ..readers import DataError
 from .base import FileSource, TaskSpec
+from .span_qa import SQUAD_V1_FILES
 
-K = 20  # mAP@20: xtreme commit e23cf42 for LAReQA, utils_mewslix.TOP_K
-METRIC = f"map@{K}"
+K, METRIC = MAP_K, MAP_METRIC  # mAP@20: xtreme commit e23cf42 for LAReQA, utils_mewslix.TOP_K
 # xtreme --max_query_length per task; the candidate gets the rest of max_length (see the docstring).
 QUERY_LENGTH = {"lareqa": 96, "squad_retrieval": 96}
 EMBED_BATCH = 128  # texts per forward pass when embedding a pool (xtreme evaluate_retrieval: 100)
@@ -189,10 +191,8 @@ class DualEncoderFamily:
         for r in examples:
             if r["candidate"] is not None and r["target"] is not None:
                 relevant.setdefault(r["target"], set()).add(r["candidate_id"])
-        questions = questions_of(examples)
-        aps = [R.average_precision_at_k(predictions.get(q["id"], []), relevant.get(q["target"], ()), K)
-               for q in questions]
-        return {METRIC: 100 * sum(aps) / max(1, len(aps))}
+        return {METRIC: R.mean_average_precision(
+            ((predictions.get(q["id"], []), relevant.get(q["target"], ())) for q in questions_of(examples)), K)}
 
     def evaluate_languages(self, ctx: Any, spec: TaskSpec, model: Any, tokenizer: Any, hp: TrainConfig,
                            todo: list[tuple[str, str]]) -> Iterator[tuple[str, str, list[dict], dict, dict]]:
@@ -265,7 +265,6 @@ def split_records(ctx: Any, spec: TaskSpec, split: str) -> list[dict]:
 
 FAMILY = DualEncoderFamily()
 
-_SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
 _MEWSLIX_HINT = ("run xtreme's scripts/download_mewslix_data.sh (it runs get-mewsli-x.sh from "
                  "google-research/dense_representations_for_entity_retrieval/mel, which restores the WikiNews "
                  "text) and move download/mewslix/*.jsonl into {dir}")
@@ -278,9 +277,7 @@ TASKS = [
     TaskSpec(
         name="squad_retrieval", family="dual_encoder", phases=("intermediate",), metric=METRIC,
         description="SQuAD v1.1 as question -> answer-sentence retrieval pairs (LAReQA's English training data)",
-        files=FileSource(folder="squad", reader="squad_sentences_json", splits={
-            "train": "train-v1.1.json", "dev": "dev-v1.1.json"},
-            hint=f"download {_SQUAD_URL}/train-v1.1.json and {_SQUAD_URL}/dev-v1.1.json into {{dir}}"),
+        files=dataclasses.replace(SQUAD_V1_FILES, reader="squad_sentences_json"),
         train=_LAREQA_TRAIN,
     ),
     TaskSpec(

@@ -250,7 +250,7 @@ class RetrievalFamily:
         # Imported here: pipeline and model import the registry, which imports this module.
         from .. import pipeline
         from ..model import load_encoder, load_tokenizer, tokenizer_source
-        from ..results import append_rows, metric_rows
+        from ..results import append_rows, format_metrics, metric_rows
 
         cfg, st = ctx.cfg, settings(ctx.cfg)
         done = pipeline.finished(ctx, spec)
@@ -281,7 +281,7 @@ class RetrievalFamily:
                                     pooling=st["pooling"], **{"layer": layer, **extra})
                 rows += metric_rows(base, metrics)
                 if "layer" not in extra:
-                    print(f"{spec.name} {lang} {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+                    print(f"{spec.name} {lang} {split}: {format_metrics(metrics)}")
             if ctx.accelerator.is_main_process:
                 append_rows(ctx.results, rows)
 

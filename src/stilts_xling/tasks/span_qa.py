@@ -242,14 +242,16 @@ _SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
 # jiant's XTREME recipe (facts.md 1.6): lr 1e-5, effective batch 16 (4 x 4 accumulation), 2 epochs, 384
 # tokens. The paper's intermediate QA settings are unknown; the same values are used (facts.md 5).
 _QA_TRAIN = TrainConfig(epochs=2, lr=1e-5, batch_size=16, max_length=384)
+# SQuAD v1.1's download, also read as sentence pairs by the dual-encoder task squad_retrieval.
+SQUAD_V1_FILES = FileSource(folder="squad", reader="squad_json", splits={
+    "train": "train-v1.1.json", "dev": "dev-v1.1.json"},
+    hint=f"download {_SQUAD_URL}/train-v1.1.json and {_SQUAD_URL}/dev-v1.1.json into {{dir}}")
 
 TASKS = [
     TaskSpec(
         name="squad_v1", family="span_qa", phases=("intermediate",), metric="em_f1", scorer="squad_v1",
         description="SQuAD v1.1 extractive QA (also XQuAD's and MLQA's English training data)",
-        files=FileSource(folder="squad", reader="squad_json", splits={
-            "train": "train-v1.1.json", "dev": "dev-v1.1.json"},
-            hint=f"download {_SQUAD_URL}/train-v1.1.json and {_SQUAD_URL}/dev-v1.1.json into {{dir}}"),
+        files=SQUAD_V1_FILES,
         hub=HubSource(path="rajpurkar/squad", fields=_FIELDS, splits={"train": "train", "dev": "validation"}),
         train=_QA_TRAIN,
     ),
