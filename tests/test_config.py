@@ -85,9 +85,10 @@ def test_distributed_strategy_is_checked_with_the_speed_options_fsdp_cannot_run(
     assert "distributed.stratgy: unknown key (did you mean 'strategy'?)" in str(err.value)
     with pytest.raises(ConfigError) as err:
         load_config(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true", "speed.cuda_graphs=true",
-                            "speed.compile=true", "speed.token_budget=4096"])
-    assert len(err.value.problems) == 3
-    for key, default in [("cuda_graphs", "false"), ("compile", "false"), ("token_budget", "null")]:
+                            "speed.compile=true", "speed.token_budget=4096", "speed.flat_adamw=true"])
+    assert len(err.value.problems) == 4
+    for key, default in [("cuda_graphs", "false"), ("compile", "false"), ("token_budget", "null"),
+                         ("flat_adamw", "false")]:
         assert f"speed.{key}: cannot be combined with FSDP" in str(err.value)
         assert f"set speed.{key}: {default}" in str(err.value)
     assert load_config(SMOKE, ["distributed.strategy=ddp", "speed.compile=true"]).speed.compile  # DDP: fine

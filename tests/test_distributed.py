@@ -231,13 +231,16 @@ def test_layer_stacks_of_every_architecture():
     assert set(TINY_ARCHITECTURES) == {name.split("/")[0] for name in expected}
 
 
-def test_ddp_multitask_with_accumulation_matches_one_process(tmp_path):
+@pytest.mark.parametrize("optimizer", [[], ["speed.flat_adamw=true"]], ids=["adamw", "flat-adamw"])
+def test_ddp_multitask_with_accumulation_matches_one_process(tmp_path, optimizer):
     """MNLI + MLM: each step trains one head, so DDP must tolerate the other head's unused parameters; 4
     micro batches per step average their gradients across processes only after the last; and MLM's loss,
     a mean over masked tokens that the two processes hold in different numbers, is normalized by the
-    step's global token count, so 2 processes compute what 1 does."""
+    step's global token count, so 2 processes compute what 1 does. FlatAdamW under DDP too: DDP copies the
+    averaged gradients into its buffer's views, and the unused head is skipped on both ranks alike."""
     config = REPO / "configs" / "smoke" / "mlm.yaml"
-    over = ["model.dropout=0", "intermediate.train.max_steps=10", "intermediate.train.micro_batch_size=2"]
+    over = ["model.dropout=0", "intermediate.train.max_steps=10", "intermediate.train.micro_batch_size=2",
+            *optimizer]
     assert run_cli("train-intermediate", config, f"run_dir={tmp_path / 'one'}", *over).exit_code == 0
     out = _torchrun("train-intermediate", config, f"run_dir={tmp_path / 'two'}", *over)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

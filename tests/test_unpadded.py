@@ -143,7 +143,7 @@ def test_training_stream_with_a_token_budget_sees_each_example_once_per_epoch():
         f["labels"] = i  # to see which examples each batch holds
     plan = prepare(model, SpeedConfig(unpadded=True, token_budget=400, cuda_graphs=True, workers=2),
                    torch.device("cpu"), False, PAD, 128)
-    assert plan.graphs is None and plan.set_to_none  # CUDA graphs need CUDA: clean fallback
+    assert plan.graphs is None and plan.keep_grads is None  # CUDA graphs need CUDA: clean fallback
     stream = _Stream(feats, 16, seed=0)
     seen = []
     for _, micro_batches in step_batches(plan, [task] * 6, {task: stream}, {task: 1}, {task: 16}, workers=2):
@@ -300,7 +300,7 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers):
                 m.p = 0.0
         plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=graphs, compile=compile_layers and graphs),
                        torch.device("cuda"), True, PAD, 64)
-        assert (plan.graphs is not None) == graphs and plan.set_to_none == (not graphs)
+        assert (plan.graphs is not None) == graphs and (plan.keep_grads is None) == (not graphs)
         out = []
         for _ in range(2):
             for p in model.parameters():
@@ -330,7 +330,7 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers):
             for part in parts:
                 batch, real, computed = plan.collate(part, 8)
                 losses += train_step(model, task, [MicroBatch(batch, 8, real, real, computed)], opt, sched, None,
-                                     1.0, torch.device("cuda"), True, plan.set_to_none)
+                                     1.0, torch.device("cuda"), True, plan.keep_grads)
             assert all(torch.isfinite(x) for x in losses)
         plan.close()
         return out
@@ -408,3 +408,32 @@ def test_token_level_loss_is_the_mean_over_the_whole_step_however_it_is_split():
     for name, g in whole.items():
         torch.testing.assert_close(split[name], g, rtol=1e-5, atol=1e-7)
     plan.close()
+
+
+def test_graph_memory_is_reserved_with_the_largest_bucket_first():
+    """SpeedPlan.reserve captures, before any real batch, exactly the bucket (packed length, cu_seqlens
+    length) of the run's largest micro batch, found by train.largest_micro_batches from fresh streams."""
+    from stilts_xling.train import _Stream, largest_micro_batches
+
+    class Recorder:  # stands in for the CUDA graphs: records the shapes it is asked to capture
+        def __init__(self):
+            self.keys = []
+
+        def ensure(self, ids, pos, cu):
+            self.keys.append((ids.size(1), cu.size(0)))
+
+    model, task = _model("classification")
+    feats = _features(200, seed=3, hi=120)
+    for budget in (None, 500):
+        plan = prepare(model, SpeedConfig(unpadded=True, token_budget=budget), torch.device("cpu"), False, PAD, 128)
+        plan.graphs, plan.bucketed = Recorder(), True
+        largest = largest_micro_batches(plan, [task] * 12, {task: _Stream(feats, 16, seed=1)}, {task: 1}, {task: 16})
+        plan.reserve(largest)
+        assert len(plan.graphs.keys) == 1
+        stream = _Stream(feats, 16, seed=1)
+        real = [(m.batch["packed_ids"].size(1), m.batch["cu_seqlens"].size(0))
+                for _ in range(12) for m in plan.step_batches([stream.next()], 16)]
+        assert plan.graphs.keys[0] == max(real), budget  # the same shape as the largest real batch
+        assert len(set(real)) > 3  # several buckets, so the order mattered
+        plan.graphs = None
+        plan.close()

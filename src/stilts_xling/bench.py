@@ -73,10 +73,14 @@ VARIANTS = {
     "padded/32": SpeedConfig(pad_multiple=32),  # the same with 4 widths up to 128 instead of 16
     "unpadded+graphs": SpeedConfig(unpadded=True, cuda_graphs=True, workers=1),
     "unpadded+graphs+compile": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1),
+    # The same with AdamW over flat buffers: one norm and one (Triton) update kernel a step.
+    "unpadded+graphs+compile+flat": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
+                                                flat_adamw=True),
     "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),
     "unpadded": SpeedConfig(unpadded=True, workers=1),
+    "unpadded+flat": SpeedConfig(unpadded=True, workers=1, flat_adamw=True),
 }
-CPU_VARIANTS = ["padded", "unpadded"]
+CPU_VARIANTS = ["padded", "unpadded", "unpadded+flat"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,14 +236,18 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
         model = MultiTaskModel(encoder, [spec])
     hp = _hp(lr, batch_size, shape.max_length)
     total = warmup + steps
-    optimizer = train_mod._optimizer(model, hp, fused=device.type == "cuda")
+    optimizer = train_mod._optimizer(model, hp, fused=device.type == "cuda", flat=speed.flat_adamw)
     scheduler = train_mod._linear_schedule(optimizer, int(hp.warmup * total), total)
     plan = prepare(model, speed, device, bf16, pad_id=1, max_seqlen=shape.max_length)
     max_rows = batch_size * shape.choices
     model.train()
     # Capture / compile every shape the run will meet before the clock starts (a probe stream with the
-    # same seed yields the same batches); a long training run pays this once.
+    # same seed yields the same batches), the largest bucket first as train() does; a long training run
+    # pays this once.
     if plan.graphs is not None or plan.compiled:
+        plan.reserve(train_mod.largest_micro_batches(plan, [spec.name] * (total + profile),
+                                                     {spec.name: train_mod._Stream(features, batch_size, seed)},
+                                                     {spec.name: 1}, {spec.name: max_rows}))
         probe = train_mod._Stream(features, batch_size, seed)
         for _ in range(total + profile):
             for micro in plan.step_batches([probe.next()], max_rows):
@@ -253,7 +261,7 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     setup_s = start - built
     def step(task: str, micro_batches: list) -> list[torch.Tensor]:
         return train_mod.train_step(model, task, micro_batches, optimizer, scheduler, None, hp.max_grad_norm,
-                                    device, bf16, plan.set_to_none)
+                                    device, bf16, plan.keep_grads)
 
     for i, (task, micro_batches) in zip(range(total), batches):
         if i == warmup:

@@ -161,6 +161,9 @@ class SpeedConfig:
     # Padded batches: widths rounded up to a multiple of this. Fewer distinct widths mean fewer per-shape
     # start-ups (cuDNN attention plans, cuBLAS heuristics) at the cost of some padding; 8 suits tensor cores.
     pad_multiple: int = 8
+    # AdamW over flat buffers (flat_adamw.py): one norm and one Triton kernel per step instead of ~34
+    # multi-tensor launches plus separate zeroing; same maths and checkpoint format as torch's AdamW.
+    flat_adamw: bool = False
 
 
 @dataclass
@@ -179,6 +182,7 @@ class DistributedConfig:
 _NOT_WITH_FSDP = {
     "cuda_graphs": "a captured graph cannot hold FSDP's per-block all-gathers and reduce-scatters",
     "compile": "compiled blocks are not checked against FSDP's per-block hooks",
+    "flat_adamw": "FSDP's parameters are shards (DTensors), which cannot live in one flat buffer",
     # Every rank must run the same forward passes, or their all-gathers pair up wrongly.
     "token_budget": "each process splits its own share of a micro batch by tokens, so processes could run "
                     "different numbers of forward passes",

@@ -191,6 +191,13 @@ class _Replay(torch.autograd.Function):
                                "with speed.cuda_graphs, zero gradients with zero_grad(set_to_none=False)")
         entry.grad_out.copy_(grad)
         entry.bwd.replay()
+        # The replay wrote into .grad behind autograd's back: say so, as an in-place op would (FlatAdamW
+        # reads "got a gradient this step" from these version counters).
+        try:
+            torch.autograd.graph.increment_version(entry.grads)
+        except TypeError:  # torch before 2.5 takes one tensor at a time
+            for g in entry.grads:
+                torch.autograd.graph.increment_version(g)
         return None, None, None, None, None
 
 

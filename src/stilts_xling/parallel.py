@@ -30,8 +30,10 @@ class Replicated:
     def __init__(self, accelerator: Any):
         self.accelerator = accelerator
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        return self.accelerator.prepare(model, optimizer)
+    def prepare(self, obj: Any) -> Any:
+        """The model (DDP-wrapped under several processes), then the optimizer built over its parameters
+        (accelerate may move the model's parameters, so the optimizer comes second: FlatAdamW holds views)."""
+        return self.accelerator.prepare(obj)
 
     def model_state(self, model: Any) -> dict:
         """The live state dict, for a checkpoint written at once."""
@@ -67,8 +69,8 @@ class Sharded:
         # costs no GPU sync.
         self.flags = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        return model, optimizer  # sharded in __init__, before the optimizer was built over the shards
+    def prepare(self, obj: Any) -> Any:
+        return obj  # the model was sharded in __init__, and the optimizer is built over the shards
 
     def model_state(self, model: nn.Module) -> dict:
         return full_model_state(model)

@@ -19,6 +19,7 @@ launches a step leave the GPU idle most of the time. So:
 - `buckets` / `bucket_steps`: packed lengths are padded up to a few sizes (<6.25% padding by default) so
   that CUDA graphs are captured once per size, not per length.
 - `workers`: threads that collate (and pin) the next batches while the GPU works.
+- `flat_adamw`: parameters, gradients and AdamW moments in flat buffers, one kernel a step (flat_adamw.py).
 
 The packed rows, their attention and the CUDA graphs are in packing.py; this module decides when to use
 them and builds the batches.
@@ -139,7 +140,7 @@ class SpeedPlan:
         self.bucketed = self.graphs is not None  # compiled code is length-generic after its second shape
         self.steps = speed.bucket_steps
         # CUDA graphs accumulate into the captured .grad tensors, so they must survive zero_grad.
-        self.set_to_none = self.graphs is None
+        self.keep_grads = self.graphs.params if self.graphs is not None else None
         self.pin = device.type == "cuda"
 
     def _enable_unpadded(self, bf16: bool) -> bool:
@@ -254,6 +255,25 @@ class SpeedPlan:
                                        attention_mask=mask.view(-1, mask.size(-1))).last_hidden_state
             small = [p for p in self.encoder.parameters() if p.requires_grad and p.dim() < 2]
             torch.autograd.grad(out.float().sum(), small, allow_unused=True)
+
+    def reserve(self, largest: dict[int, int]) -> None:
+        """Capture, before any real batch, the largest bucket of each micro-batch layout: `largest` maps
+        max rows (one per task) to the most real tokens one micro batch will hold (train.largest_micro_batches).
+        The CUDA graphs share one memory pool, and the caching allocator reuses a freed block for a smaller
+        request but never for a larger one: captured in the order batches arrive, each bigger bucket added
+        fresh blocks (reserved memory reached ~2x the allocated peak on an H200); largest first, the later
+        captures fit in what the first one left."""
+        if self.graphs is None:
+            return
+        from .data import bucket_length, collate_packed
+
+        n = self.max_seqlen
+        for rows, tokens in sorted(largest.items(), key=lambda item: -bucket_length(item[1], self.speed.buckets,
+                                                                                  self.steps)):
+            pieces = [min(n, tokens - start) for start in range(0, tokens, n)]
+            filler = [{"input_ids": [self.pad_id + 2] * k} for k in pieces]  # any non-pad token
+            self.prewarm(collate_packed(filler, self.pad_id, self.offset, n, rows,
+                                        bucket_length(tokens, self.speed.buckets, self.steps)))
 
     # Model hooks ----------------------------------------------------------------------------------------
 

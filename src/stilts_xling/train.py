@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, parallel
 from .config import SamplerConfig, TrainConfig
-from .data import feature_length, length_grouped_batches, loss_terms
+from .data import feature_length, length_grouped_batches, loss_terms, sequence_lengths
 from .evaluate import autocast, evaluate
+from .flat_adamw import FlatAdamW
 from .sampling import task_probabilities, total_steps
 from .speed import MicroBatch, SpeedConfig, SpeedPlan, loss_weights, prefetch, prepare
 from .tasks.base import TaskSpec
@@ -122,11 +123,14 @@ def _diverged(step: int, path: Optional[Path]) -> str:
             "rate or check the data, then rerun (delete the checkpoint to start the phase afresh)")
 
 
-def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool, flat: bool = False) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA); `flat`: FlatAdamW, the same maths over flat buffers (speed.flat_adamw)."""
     # No weight decay on biases and LayerNorm weights (jiant / BERT convention): those are the 1-D tensors.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if flat:
+        return FlatAdamW(groups, lr=hp.lr, eps=1e-8)
     return torch.optim.AdamW(groups, lr=hp.lr, eps=1e-8, fused=fused)
 
 
@@ -151,6 +155,19 @@ def shard(features: list[dict], rank: int, world: int) -> list[dict]:
     if world == 1:
         return features
     return [features[(rank + i * world) % len(features)] for i in range(-(-len(features) // world))]
+
+
+def largest_micro_batches(plan: SpeedPlan, schedule: list[str], probes: dict[str, _Stream], accum: dict[str, int],
+                          max_rows: dict[str, int]) -> dict[int, int]:
+    """{max rows: the most real tokens in one micro batch} over the whole run, drawn from `probes`, fresh
+    copies of the training streams (index and length work only, no collation): SpeedPlan.reserve's input."""
+    largest: dict[int, int] = {}
+    for task in schedule:
+        for _ in range(accum[task]):
+            for part in plan.micro_batches(probes[task].next()):
+                tokens = sum(n for f in part for n in sequence_lengths(f))
+                largest[max_rows[task]] = max(largest.get(max_rows[task], 0), tokens)
+    return largest
 
 
 def step_batches(plan: SpeedPlan, schedule: list[str], streams: dict[str, _Stream], accum: dict[str, int],
@@ -178,23 +195,28 @@ def clip_in_step(optimizer: torch.optim.Optimizer, max_norm: float) -> bool:
     GradScaler uses) as it reads it, so clipping costs one read of the gradients (their norm) instead of
     three (norm, then an in-place multiply). Same maths as clip_grad_norm_: grads * min(1, max_norm /
     (norm + 1e-6)). Only for a fused optimizer over plain tensors (sharded DTensor gradients would need a
-    global norm); returns False, clipping nothing, otherwise."""
-    if not optimizer.defaults.get("fused"):
+    global norm); returns False, clipping nothing, otherwise. FlatAdamW takes the norm over its flat
+    gradient buffer in one reduction."""
+    if isinstance(optimizer, FlatAdamW):
+        norm = optimizer.grad_norm()
+    elif not optimizer.defaults.get("fused"):
         return False
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads or any(type(g) is not torch.Tensor for g in grads):
-        return False
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    else:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or any(type(g) is not torch.Tensor for g in grads):
+            return False
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)  # stays on the device: no host sync
     return True
 
 
 def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer: Any, scheduler: Any,
                accelerator: Any, max_grad_norm: Optional[float], device: torch.device, bf16: bool,
-               set_to_none: bool = True) -> list[torch.Tensor]:
+               keep_grads: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
     """One optimizer step on one task's micro batches; returns their unscaled losses, left on the device
     (no host sync). `accelerator` None means plain `backward` and `clip_grad_norm_` (benchmarks, and FSDP:
-    torch's clip_grad_norm_ takes the norm over every rank's gradient shards)."""
+    torch's clip_grad_norm_ takes the norm over every rank's gradient shards). `keep_grads`: parameters
+    whose `.grad` tensors must survive zero_grad (SpeedPlan.keep_grads: CUDA graphs write into them)."""
     losses = []
     # Gradients are averaged across processes once per step, after its last micro batch: FSDP2 modules
     # reduce-scatter only then, DDP skips its all-reduce inside no_sync.
@@ -221,8 +243,23 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
     optimizer.step()
     inner.grad_scale = None
     scheduler.step()
-    optimizer.zero_grad(set_to_none=set_to_none)
+    zero_grad(inner, keep_grads)
     return losses
+
+
+def zero_grad(optimizer: torch.optim.Optimizer, keep: Optional[list[torch.Tensor]]) -> None:
+    """Gradients to None, as torch's default, except those of `keep`, zeroed in place. None matters: AdamW
+    skips a parameter whose `.grad` is None in the next step (the head of a task that is not in it), where
+    a zero gradient would still decay its weights and moments."""
+    if not keep or isinstance(optimizer, FlatAdamW):  # FlatAdamW: .grad stays its buffer's view
+        optimizer.zero_grad(set_to_none=True)
+        return
+    kept = {id(p) for p in keep}
+    torch._foreach_zero_([p.grad for p in keep if p.grad is not None])
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in kept:
+                p.grad = None
 
 
 def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerConfig, accelerator: Any,
@@ -251,15 +288,22 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     if fsdp:  # the speed plan's start-up check runs the whole encoder, so it comes before sharding
         plan = prepare(model.to(device), speed, device, bf16, pad_id, max_seqlen)
     par = parallel.Sharded(model, device, bf16) if fsdp else parallel.Replicated(accelerator)
-    optimizer = _optimizer(model, hp, fused=device.type == "cuda")  # FSDP: over the parameter shards
+    model = par.prepare(model)
+    # FSDP: over the parameter shards. FlatAdamW moves the parameters into its buffers: after accelerate
+    # has placed them, before CUDA graphs and torch.compile (the speed plan) record their addresses.
+    optimizer = _optimizer(accelerator.unwrap_model(model) if not fsdp else model, hp, fused=device.type == "cuda",
+                           flat=speed.flat_adamw and not fsdp)
     scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
-    model, optimizer = par.prepare(model, optimizer)
+    optimizer = par.prepare(optimizer)
     if not fsdp:
         plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
     max_rows = {n: micro[n] * rows_per_feature(by_name[n].train) for n in names}
     rng = random.Random(seed)
     # Drawn up front so that batches can be collated ahead; the same draws as one per step.
     schedule = [rng.choices(names, weights=[probs[n] for n in names])[0] for _ in range(steps)]
+    if plan.graphs is not None:
+        probes = {n: _Stream(by_name[n].train, micro[n], seed + i) for i, n in enumerate(names)}  # = streams
+        plan.reserve(largest_micro_batches(plan, schedule, probes, accum, max_rows))
     best = TrainResult(best_step=-1, best_score=-math.inf, dev_metrics={}, history=[])
     best_state, bad_evals, start = None, 0, 0
     state = checkpoint.load(checkpoint_path) if checkpoint_path else None
@@ -308,7 +352,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
         for step, (task, micro_batches) in zip(bar, batches):
             # FSDP: plain backward and torch's clipping (accelerate's looks for a model it prepared).
             step_losses = train_step(model, task, micro_batches, optimizer, scheduler, None if fsdp else accelerator,
-                                     hp.max_grad_norm, device, bf16, plan.set_to_none)
+                                     hp.max_grad_norm, device, bf16, plan.keep_grads)
             # The step's mean loss, left on the device (no host sync per step).
             weights = loss_weights(micro_batches)
             loss_sums[task] += sum(loss * w for loss, w in zip(step_losses, weights)) / max(sum(weights), 1e-12)
@@ -375,6 +419,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     bar.close()
     batches.close()
     plan.close()
+    if isinstance(inner := getattr(optimizer, "optimizer", optimizer), FlatAdamW):
+        inner.release()  # the saved encoder needs tensors of its own, not views of one buffer
     if best_state is not None:
         par.load_model_state(model, best_state, from_rank0=True)
     return best

@@ -1,0 +1,240 @@
+"""AdamW over flat buffers (`speed.flat_adamw`): one kernel pass per contiguous run of parameters.
+
+torch's fused AdamW walks XLM-R Large's ~390 tensors in ~34 multi-tensor launches, then the loop spends two
+more passes on the gradients: `_foreach_norm` for clipping and `_foreach_zero_`. Here the parameters, their
+gradients and both moments are views into four flat fp32 buffers (each tensor starting 256-byte aligned), so
+- the clipping norm is one reduction over the gradient buffer,
+- the update is one Triton kernel per run of parameters (on CUDA), which also zeroes the gradients it has
+  read, so `zero_grad` has nothing left to do; elsewhere, or without Triton, torch's `_fused_adamw_` on the
+  same runs plus one `zero_()` each.
+The maths is torch's AdamW (decoupled weight decay, bias-corrected moments, eps added after the square root)
+with clipping applied as the fused kernel's `grad_scale`, and the state dict has AdamW's layout, so a
+checkpoint moves between this optimizer and torch.optim.AdamW in either direction.
+
+Skipped parameters are torch's too. With `zero_grad(set_to_none=True)` torch leaves out a parameter whose
+`.grad` stayed None (the head of a task that was not in the step), and keeps its step count. Here `.grad` is
+always a view, so "got a gradient this step" is read from the view's version counter: autograd's in-place
+accumulation, DDP's copy and a CUDA-graph replay (packing._Replay bumps it) all advance it; the kernel's own
+zeroing does not count. A `.grad` replaced by another tensor is copied into the buffer and counts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ALIGN = 64  # elements: each tensor starts 256 bytes into its buffer, as vectorized loads and cuBLAS like
+BLOCK = 2048  # elements per Triton program: 4 streams x 8 KB in flight, enough to keep HBM busy
+
+
+def _triton_kernel():
+    """The Triton AdamW kernel, or None where Triton is missing. Built on first use, so that importing
+    this module never needs Triton, and TRITON_INTERPRET set by a test before the first call applies."""
+    global _KERNEL
+    if _KERNEL is not False:
+        return _KERNEL
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        _KERNEL = None
+        return None
+
+    @triton.jit
+    def adamw(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, n, lr, beta1, beta2, eps, decay, step_size, bc2_sqrt,
+              HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        if HAS_SCALE:
+            g = g / tl.load(scale_ptr)
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+        p = p * (1.0 - lr * decay)
+        m = m + (1.0 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
+        v = v * beta2 + (1.0 - beta2) * g * g
+        p = p - step_size * m / (tl.sqrt(v) / bc2_sqrt + eps)
+        tl.store(p_ptr + offs, p, mask=mask)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+        tl.store(g_ptr + offs, tl.zeros_like(g), mask=mask)  # the gradient is consumed: zero_grad's work
+
+    _KERNEL = adamw
+    return adamw
+
+
+_KERNEL = False  # not built yet
+
+
+class FlatAdamW(torch.optim.Optimizer):
+    """torch.optim.AdamW's maths and state dict over flat buffers; see the module docstring. All
+    parameters must share one dtype and device. `kernel`: "triton", "torch", or "auto" (Triton on CUDA
+    when it imports)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, kernel: str = "auto"):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.params = [p for group in self.param_groups for p in group["params"]]
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("FlatAdamW: a parameter appears twice in the parameter groups")
+        kinds = {(p.dtype, p.device) for p in self.params}
+        if len(kinds) != 1:
+            raise ValueError(f"FlatAdamW needs every parameter in one dtype on one device, got {sorted(map(str, kinds))}; "
+                             "use speed.flat_adamw: false for this model")
+        (dtype, device), = kinds
+        self.ranges, total = [], 0
+        for p in self.params:
+            start = -(-total // ALIGN) * ALIGN
+            self.ranges.append((start, start + p.numel()))
+            total = start + p.numel()
+        self.flat = {name: torch.zeros(total, dtype=dtype, device=device) for name in ("param", "grad", "exp_avg", "exp_avg_sq")}
+        for p, (a, b) in zip(self.params, self.ranges):
+            view = self.flat["param"][a:b].view_as(p)
+            view.copy_(p.detach())
+            p.data = view  # the module's Parameter object stays; only its storage moves into the buffer
+            grad = _alias(self.flat["grad"], a, p)
+            if p.grad is not None:
+                grad.copy_(p.grad)
+            p.grad = grad
+            self.state[p] = {"step": torch.tensor(0.0), "exp_avg": self.flat["exp_avg"][a:b].view_as(p),
+                             "exp_avg_sq": self.flat["exp_avg_sq"][a:b].view_as(p)}
+        self.grads = [p.grad for p in self.params]
+        self.steps = [0] * len(self.params)
+        self.group_of = [i for i, group in enumerate(self.param_groups) for _ in group["params"]]
+        self.versions = [g._version for g in self.grads]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the tensors the buffers replaced: keep them out of reserved memory
+        use_triton = kernel == "triton" or (kernel == "auto" and device.type == "cuda")
+        self.kernel = _triton_kernel() if use_triton else None
+        if kernel == "triton" and self.kernel is None:
+            raise RuntimeError("FlatAdamW(kernel='triton') needs Triton: pip install triton")
+        self.grad_scale: Optional[torch.Tensor] = None  # set by train.clip_in_step for one step
+        self._collect_pending: Optional[list[bool]] = None  # grad_norm's _collect, for the step after it
+        log.info("FlatAdamW: %d tensors, %.1fM elements, %s kernel", len(self.params), total / 1e6,
+                 "Triton" if self.kernel is not None else "torch")
+
+    # Gradients ------------------------------------------------------------------------------------------
+
+    def _collect(self) -> list[bool]:
+        """Which parameters got a gradient since the last step; a `.grad` that is not the buffer's view is
+        copied into it (and the view put back)."""
+        active = []
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                p.grad = self.grads[i]  # zero already: the step zeroed it after reading
+                active.append(False)
+            elif g is not self.grads[i]:
+                self.grads[i].copy_(g)
+                p.grad = self.grads[i]
+                active.append(True)
+            else:
+                active.append(g._version != self.versions[i])
+        return active
+
+    def grad_norm(self) -> torch.Tensor:
+        """The 2-norm over every gradient, as clip_grad_norm_ takes it, in one reduction (parameters
+        without a gradient this step hold zeros)."""
+        self._collect_pending = self._collect()
+        return torch.linalg.vector_norm(self.flat["grad"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The step already zeroed what it read. Gradients written since (a step that was skipped, or a
+        backward before the first step) are zeroed here; `.grad` stays the buffer's view either way."""
+        for i, active in enumerate(self._collect()):
+            if active:
+                self.grads[i].zero_()
+        self.versions = [g._version for g in self.grads]
+
+    # The update -----------------------------------------------------------------------------------------
+
+    def _runs(self, active: list[bool]) -> list[tuple[int, int, int]]:
+        """(first, last + 1, group) index runs of active parameters that are next to each other in the
+        buffer, in the same group and at the same step count: each run is one kernel launch."""
+        runs: list[list[int]] = []
+        for i, on in enumerate(active):
+            if not on:
+                continue
+            if runs and runs[-1][1] == i and self.group_of[i] == runs[-1][2] and self.steps[i] == self.steps[i - 1]:
+                runs[-1][1] = i + 1
+            else:
+                runs.append([i, i + 1, self.group_of[i]])
+        return [tuple(r) for r in runs]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        active = self._collect_pending if self._collect_pending is not None else self._collect()
+        self._collect_pending = None
+        for i, on in enumerate(active):
+            self.steps[i] += on
+        for first, end, g in self._runs(active):
+            group = self.param_groups[g]
+            a, b = self.ranges[first][0], self.ranges[end - 1][1]
+            self._update(a, b, group, self.steps[first])
+        self.versions = [g._version for g in self.grads]
+        return loss
+
+    def _update(self, a: int, b: int, group: dict, step: int) -> None:
+        # Plain floats: a YAML `weight_decay: 0` is an int, which Triton would compile a variant for.
+        lr, eps, decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        beta1, beta2 = map(float, group["betas"])
+        p, g, m, v = (self.flat[k][a:b] for k in ("param", "grad", "exp_avg", "exp_avg_sq"))
+        if self.kernel is not None:
+            n = b - a
+            scale = self.grad_scale
+            self.kernel[(triton_cdiv(n, BLOCK),)](
+                p, g, m, v, scale if scale is not None else g, n, lr, beta1, beta2, eps, decay,
+                lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step),
+                HAS_SCALE=scale is not None, BLOCK=BLOCK)
+            return
+        steps = [torch.full((), float(step), device=p.device)]  # a fill, not a blocking host-to-device copy
+        torch._fused_adamw_([p], [g], [m], [v], [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=decay,
+                            eps=eps, amsgrad=False, maximize=False, grad_scale=self.grad_scale)
+        g.zero_()
+
+    # State ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        for p, step in zip(self.params, self.steps):
+            self.state[p]["step"] = torch.tensor(float(step))
+        state = super().state_dict()
+        # torch.optim.AdamW has no state for a parameter it never stepped: nor has this one's dict.
+        state["state"] = {k: v for k, v in state["state"].items() if float(v["step"]) > 0}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # hyper-parameters, and state tensors on the parameters' device
+        for i, p in enumerate(self.params):
+            loaded = self.state.get(p, {})
+            a, b = self.ranges[i]
+            views = {k: self.flat[k][a:b].view_as(p) for k in ("exp_avg", "exp_avg_sq")}
+            for k, view in views.items():
+                view.copy_(loaded[k]) if k in loaded else view.zero_()
+            self.steps[i] = int(float(loaded.get("step", 0)))
+            self.state[p] = {"step": torch.tensor(float(self.steps[i])), **views}
+
+    def release(self) -> None:
+        """Give every parameter its own storage back (the saved encoder must not share one buffer: safetensors
+        refuses shared tensors) and drop the buffers; the optimizer is done after this."""
+        for p in self.params:
+            p.data = p.data.clone()
+            p.grad = None
+        self.flat.clear()
+        self.state.clear()
+
+
+def _alias(buffer: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """`like`-shaped memory of `buffer` at `offset` that autograd does not see as a view: it gets a version
+    counter of its own (views share their base's), which is how the step tells which gradients were written."""
+    return torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
+        buffer.untyped_storage(), buffer.storage_offset() + offset, like.shape, like.stride())
+
+
+def triton_cdiv(n: int, block: int) -> int:
+    return -(-n // block)
