@@ -38,3 +38,32 @@ def run_cli(*args: str):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def no_dropout(model):
+    """Dropout off in every layer, so that two paths compute the same function."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def sigterm_in_training_forward(monkeypatch, n: int) -> None:
+    """This process sends itself SIGTERM in the n-th training forward of a classification head, so that a
+    run stops (checkpoint, exit code 3) at an exact step; monkeypatch.undo() ends it."""
+    import signal
+
+    from stilts_xling.tasks.classification import ClassificationFamily
+
+    real, calls = ClassificationFamily.forward, []
+
+    def forward(self, head, hidden, pooled, batch):
+        if head.training:
+            calls.append(1)
+            if len(calls) == n:
+                signal.raise_signal(signal.SIGTERM)
+        return real(self, head, hidden, pooled, batch)
+
+    monkeypatch.setattr(ClassificationFamily, "forward", forward)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SMOKE, run_cli
+from conftest import REPO, SMOKE, run_cli, sigterm_in_training_forward
 from stilts_xling import checkpoint
 from stilts_xling.results import read_rows
 
@@ -101,20 +101,7 @@ def test_fsdp_checkpoint_is_a_full_one_that_a_single_process_resumes(tmp_path, c
     sharded = checkpoint.load(run_dir / "intermediate" / "checkpoint.pt")
 
     # The same step in one process: the layout must be identical and the values the same up to rounding.
-    from stilts_xling.tasks.classification import ClassificationFamily
-
-    real, calls = ClassificationFamily.forward, []
-
-    def stop_at_30(self, head, hidden, pooled, batch):
-        if head.training:
-            calls.append(1)
-            if len(calls) == 30:
-                import signal
-
-                signal.raise_signal(signal.SIGTERM)
-        return real(self, head, hidden, pooled, batch)
-
-    monkeypatch.setattr(ClassificationFamily, "forward", stop_at_30)
+    sigterm_in_training_forward(monkeypatch, 30)
     assert cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'one'}", *OVER, FSDP).exit_code == 3
     monkeypatch.undo()
     whole = checkpoint.load(tmp_path / "one" / "intermediate" / "checkpoint.pt")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, no_dropout, run_cli, sigterm_in_training_forward
 from stilts_xling.flat_adamw import ALIGN, FlatAdamW
 from stilts_xling.train import clip_in_step, zero_grad
 
@@ -170,21 +170,9 @@ def test_multitask_training_with_flat_adamw_matches_torch_adamw_and_resumes(tmp_
         assert results["flat"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
     from stilts_xling import checkpoint
-    from stilts_xling.tasks.classification import ClassificationFamily
-
-    real, calls = ClassificationFamily.forward, []
-
-    def stop_at_4(self, head, hidden, pooled, batch):
-        if head.training:
-            calls.append(1)
-            if len(calls) == 4:
-                import signal
-
-                signal.raise_signal(signal.SIGTERM)
-        return real(self, head, hidden, pooled, batch)
 
     run_dir = tmp_path / "stopped"
-    monkeypatch.setattr(ClassificationFamily, "forward", stop_at_4)
+    sigterm_in_training_forward(monkeypatch, 4)
     assert cli("train-intermediate", config, f"run_dir={run_dir}", *over, "speed.flat_adamw=true").exit_code == 3
     monkeypatch.undo()
     saved = checkpoint.load(run_dir / "intermediate" / "checkpoint.pt")
@@ -211,10 +199,7 @@ def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw():
 
     def weights(fast):
         model, task = _model("classification")
-        model = model.cuda().train()
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        model = no_dropout(model.cuda().train())
         opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True, flat=fast)
         sched = _linear_schedule(opt, 0, 10)
         plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=fast), torch.device("cuda"), True, PAD, 64)

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from conftest import SMOKE
+from conftest import SMOKE, no_dropout
 from stilts_xling.data import (bucket_length, collate, collate_packed, split_by_tokens, token_budget_batches)
 from stilts_xling.speed import SpeedConfig, prepare
 
@@ -185,9 +185,7 @@ def _train(speed, dropout):
     torch.manual_seed(cfg.seed)
     model = MultiTaskModel(load_encoder(cfg.model.name, cfg.model, tokenizer), [spec])
     if not dropout:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        no_dropout(model)
     result = train(model, [task], hp, cfg.intermediate.sampler, Accelerator(cpu=True), tokenizer.pad_token_id,
                    cfg.seed, cfg.bf16, desc="test", speed=speed)
     assert model.packed_encoder is None and model.encoder.config._attn_implementation == "sdpa"
@@ -294,10 +292,7 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers):
 
     def grads(graphs):
         model, task = _model("classification")
-        model = model.cuda().train()
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        model = no_dropout(model.cuda().train())
         plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=graphs, compile=compile_layers and graphs),
                        torch.device("cuda"), True, PAD, 64)
         assert (plan.graphs is not None) == graphs and (plan.keep_grads is None) == (not graphs)
