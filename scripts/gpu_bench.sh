@@ -7,7 +7,7 @@
 # Leaves benchmarks/<device>-<date>.json (+ .txt table, .log) in the repo and in $OUT.
 #
 #   scripts/gpu_bench.sh            # on the GPU box
-#   scripts/gpu_bench.sh --quick    # MNLI only (Trainer, padded, graphs+compile(+flat), 16k), profiled; ~5 minutes
+#   scripts/gpu_bench.sh --quick    # MNLI only (Trainer, padded, graphs+compile(+flat, +wgrad), 16k), profiled; ~6 minutes
 #   scripts/gpu_bench.sh --tiny     # anywhere (CPU ok): tiny model, a few steps, checks the script itself
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,15 +58,15 @@ if [[ $TINY == 1 ]]; then
   ARGS=(--tiny --steps 2 --warmup 1 --batch-size 4 --tokens-per-step 512 --time-budget 120)
   LIMIT=300
 elif [[ $QUICK == 1 ]]; then
-  ARGS=(--shapes mnli --steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 210 --profile 5
-        --variants padded,padded/32,unpadded+graphs+compile,unpadded+graphs+compile+flat)
-  LIMIT=280
+  ARGS=(--shapes mnli --steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 260 --profile 5
+        --variants padded,padded/32,unpadded+graphs+compile,unpadded+graphs+compile+flat,unpadded+graphs+compile+flat+wgrad)
+  LIMIT=330
 else
   # Trainer and the plain loop first, then CUDA graphs (+compile), each stilts run followed by 5 profiled
   # steps; no new run after 250 s, killed at 330 s (the JSON is rewritten after every run, so a cut keeps
   # what finished). The eager unpadded variants never finished inside the budget: `stilts bench` has them.
   ARGS=(--steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 250 --profile 5
-        --variants padded,padded/32,unpadded+graphs,unpadded+graphs+compile,unpadded+graphs+compile+flat)
+        --variants padded,padded/32,unpadded+graphs,unpadded+graphs+compile,unpadded+graphs+compile+flat,unpadded+graphs+compile+flat+wgrad)
   LIMIT=330
 fi
 timeout -k 10 "$LIMIT" "$PY" -m stilts_xling.bench "${ARGS[@]}" --out "$NAME.json" > "$NAME.stdout" 2> "$LOG"

@@ -76,6 +76,9 @@ VARIANTS = {
     # The same with AdamW over flat buffers: one norm and one (Triton) update kernel a step.
     "unpadded+graphs+compile+flat": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
                                                 flat_adamw=True),
+    # ... and weight gradients accumulated in fp32 by the GEMM itself (no cast, no add).
+    "unpadded+graphs+compile+flat+wgrad": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
+                                                      flat_adamw=True, fused_wgrad=True),
     "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),
     "unpadded": SpeedConfig(unpadded=True, workers=1),
     "unpadded+flat": SpeedConfig(unpadded=True, workers=1, flat_adamw=True),

@@ -164,6 +164,9 @@ class SpeedConfig:
     # AdamW over flat buffers (flat_adamw.py): one norm and one Triton kernel per step instead of ~34
     # multi-tensor launches plus separate zeroing; same maths and checkpoint format as torch's AdamW.
     flat_adamw: bool = False
+    # With cuda_graphs: linear layers accumulate weight gradients into the fp32 .grad inside the GEMM
+    # (into_grad.py), saving a cast and an add kernel per weight per micro batch.
+    fused_wgrad: bool = False
 
 
 @dataclass
@@ -357,6 +360,9 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
         errors.append(f"speed.buckets: lengths must be positive, got {sp.buckets}")
     if sp.cuda_graphs and not sp.unpadded:
         errors.append("speed.cuda_graphs: needs speed.unpadded: true (graphs are captured over packed rows)")
+    if sp.fused_wgrad and not sp.cuda_graphs:
+        errors.append("speed.fused_wgrad: needs speed.cuda_graphs: true (weight gradients that bypass autograd need "
+                      "the single-process graph run, whose .grad tensors stay in place)")
     if cfg.distributed.strategy == "fsdp":
         errors += fsdp_problems(cfg)
     for key in ("k", "batch_size", "max_length"):

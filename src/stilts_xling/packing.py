@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .into_grad import embedding_into_grad, linear_into_grad
+
 log = logging.getLogger(__name__)
 
 ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionInterface
@@ -201,53 +203,19 @@ class _Replay(torch.autograd.Function):
         return None, None, None, None, None
 
 
-class _EmbeddingIntoGrad(torch.autograd.Function):
-    """A word-embedding lookup whose backward adds the rows' gradients straight into `weight.grad` (the
-    static tensor the CUDA graphs accumulate into) with one index_add over the batch's tokens. Autograd's
-    own backward materializes a dense [vocab, hidden] fp32 gradient (1 GB for XLM-R's 250k words) and then
-    adds it into `.grad`: about 4 GB of memory traffic and 1 GB of graph-pool memory a step, for ~1.5k
-    touched rows. Rows of `padding_idx` get nothing, as in nn.Embedding."""
-
-    @staticmethod
-    def forward(ctx, ids, weight, padding_idx):
-        ctx.save_for_backward(ids)
-        ctx.weight, ctx.padding_idx = weight, padding_idx
-        return torch.nn.functional.embedding(ids, weight, padding_idx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        flat_ids, weight = ids.reshape(-1), ctx.weight
-        rows = grad.reshape(-1, grad.size(-1)).to(weight.grad.dtype)
-        if ctx.padding_idx is not None:
-            rows = rows.masked_fill((flat_ids == ctx.padding_idx).unsqueeze(-1), 0.0)
-        weight.grad.index_add_(0, flat_ids, rows)
-        return None, None, None
-
-
-@contextlib.contextmanager
-def embedding_into_grad(encoder: torch.nn.Module):
-    """While active, the encoder's word embeddings use _EmbeddingIntoGrad (their weight must have a
-    `.grad` tensor). Plain nn.Embedding only: max_norm, sparse or scaled gradients keep autograd's path."""
-    emb = encoder.get_input_embeddings()
-    plain = (type(emb) is torch.nn.Embedding and emb.max_norm is None and not emb.sparse
-             and not emb.scale_grad_by_freq and emb.weight.requires_grad)
-    if plain:
-        emb.forward = lambda ids: _EmbeddingIntoGrad.apply(ids, emb.weight, emb.padding_idx)
-    try:
-        yield plain
-    finally:
-        if plain:
-            del emb.forward  # back to the class's forward
-
-
 class _Graphs:
     """One forward and one backward CUDA graph of the encoder per (packed length, cu_seqlens length),
-    captured on first use; all share one memory pool (only one bucket is ever in flight)."""
+    captured on first use; all share one memory pool (only one bucket is ever in flight). `fused_wgrad`:
+    the encoder's linear layers accumulate their weight gradients into `.grad` themselves (into_grad.py)
+    until close()."""
 
-    def __init__(self, encoder: torch.nn.Module, encode: Callable, bf16: bool, device: torch.device):
+    def __init__(self, encoder: torch.nn.Module, encode: Callable, bf16: bool, device: torch.device,
+                 fused_wgrad: bool = False):
         self.encode, self.bf16 = encode, bf16
         self.encoder = encoder
+        self.hooks = contextlib.ExitStack()
+        # For the graphs' whole life: compiled layers are traced once, with the layers as they will run.
+        self.fused_linears = self.hooks.enter_context(linear_into_grad(encoder)) if fused_wgrad else []
         self.params = [p for p in encoder.parameters() if p.requires_grad]
         # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
         self.small = [p for p in self.params if p.dim() < 2]
@@ -293,7 +261,9 @@ class _Graphs:
             for _ in range(2):  # run every kernel once outside capture (workspaces, lazy init, compilation)
                 with self._autocast():
                     out = self.encode(e.ids, e.pos, e.cu)
-                torch.autograd.grad(out, self.small or self.params[:1], torch.ones_like(out), allow_unused=True)
+                # A zero output gradient: fused weight gradients (and anything else a backward adds into
+                # .grad) receive exact zeros, so a capture in the middle of a step changes no gradient.
+                torch.autograd.grad(out, self.small or self.params[:1], torch.zeros_like(out), allow_unused=True)
                 del out
         torch.cuda.current_stream().wait_stream(side)
         e.fwd, e.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
@@ -307,3 +277,8 @@ class _Graphs:
         e.out = out.detach()
         log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
         return e
+
+    def close(self) -> None:
+        """The linear layers' own forward back; the captured graphs are not replayed after this."""
+        self.hooks.close()
+        self.entries.clear()

@@ -16,7 +16,7 @@ import torch
 CATEGORIES = {
     "optimizer": ("adam", "foreach", "multi_tensor"),
     "attention": ("flash", "fmha", "attention", "sdpa"),
-    "matmul": ("gemm", "cutlass", "sm90_", "sm80_", "cublas", "nvjet", "matmul", "addmm", "mm_"),
+    "matmul": ("gemm", "cutlass", "sm90_", "sm80_", "cublas", "nvjet", "matmul", "addmm", "mm_", "::mm", "::bmm"),
     "embedding": ("embedding", "index_add", "indexing_backward", "index_select", "scatter", "gather"),
     "layernorm": ("layer_norm", "layernorm"),
     "memset/copy": ("memset", "memcpy", "copy_", "fill"),

@@ -20,6 +20,8 @@ launches a step leave the GPU idle most of the time. So:
   that CUDA graphs are captured once per size, not per length.
 - `workers`: threads that collate (and pin) the next batches while the GPU works.
 - `flat_adamw`: parameters, gradients and AdamW moments in flat buffers, one kernel a step (flat_adamw.py).
+- `fused_wgrad` (with `cuda_graphs`): linear layers accumulate their weight gradients into `.grad` in the
+  GEMM itself, in fp32 (into_grad.py), instead of a bf16 GEMM, a cast and an add.
 
 The packed rows, their attention and the CUDA graphs are in packing.py; this module decides when to use
 them and builds the batches.
@@ -133,7 +135,8 @@ class SpeedPlan:
                             "running without CUDA graphs")
             else:
                 packed = PackedEncoder(self.encoder, self.max_seqlen)
-                self.graphs = _Graphs(self.encoder, packed.encode, bf16 and device.type == "cuda", device)
+                self.graphs = _Graphs(self.encoder, packed.encode, bf16 and device.type == "cuda", device,
+                                      fused_wgrad=speed.fused_wgrad)
         if self.unpadded:
             model.packed_encoder = PackedEncoder(self.encoder, self.max_seqlen, self.graphs)
         self.compiled = _compile_layers(self.encoder) if speed.compile else []
@@ -291,6 +294,8 @@ class SpeedPlan:
         if self.unpadded:
             self.model.packed_encoder = None
             self.encoder.set_attn_implementation(self.previous_attention)
+        if self.graphs is not None:
+            self.graphs.close()
         self.graphs = None
 
 
