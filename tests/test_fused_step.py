@@ -87,8 +87,8 @@ def _backward(encoder, ids, weights, amp: bool):
     (out.float() * weights).sum().backward()
 
 
-@pytest.mark.parametrize("amp,compiled", [(False, False), (True, False), (False, True)],
-                         ids=["fp32", "bf16-autocast", "fp32-compiled"])
+@pytest.mark.parametrize("amp,compiled", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["fp32", "bf16-autocast", "fp32-compiled", "bf16-compiled"])
 def test_linear_weight_gradients_accumulated_into_grad_match_autograd(amp, compiled):
     """Two micro batches accumulate; every linear weight's gradient arrives through the fused path (none
     through autograd), biases and the rest through autograd as usual."""
@@ -97,7 +97,7 @@ def test_linear_weight_gradients_accumulated_into_grad_match_autograd(amp, compi
     batches = [(torch.randint(3, 1000, (2, 9), generator=gen), torch.randn(2, 9, 32, generator=gen)) for _ in range(2)]
     for ids, weights in batches:
         _backward(ref, ids, weights, amp)
-    with linear_into_grad(fast) as layers:
+    with linear_into_grad(fast, torch.bfloat16 if amp and compiled else None) as layers:
         assert len(layers) == 2 * 6  # q, k, v, attention output, intermediate, output per layer
         assert all(float(m.weight.grad.abs().sum()) == 0 for m in layers)  # created as zeros
         if compiled:

@@ -92,23 +92,30 @@ class FlatAdamW(torch.optim.Optimizer):
             start = -(-total // ALIGN) * ALIGN
             self.ranges.append((start, start + p.numel()))
             total = start + p.numel()
-        self.flat = {name: torch.zeros(total, dtype=dtype, device=device) for name in ("param", "grad", "exp_avg", "exp_avg_sq")}
+        # The parameters move first and the memory they leave is handed back before the other three buffers
+        # exist, so that building this costs no more peak (reserved) memory than training will.
+        self.flat = {"param": torch.zeros(total, dtype=dtype, device=device)}
+        old_grads = [p.grad for p in self.params]
         for p, (a, b) in zip(self.params, self.ranges):
             view = self.flat["param"][a:b].view_as(p)
             view.copy_(p.detach())
             p.data = view  # the module's Parameter object stays; only its storage moves into the buffer
-            grad = _alias(self.flat["grad"], a, p)
-            if p.grad is not None:
-                grad.copy_(p.grad)
-            p.grad = grad
+            p.grad = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.flat.update({name: torch.zeros(total, dtype=dtype, device=device)
+                          for name in ("grad", "exp_avg", "exp_avg_sq")})
+        for p, (a, b), old in zip(self.params, self.ranges, old_grads):
+            p.grad = _alias(self.flat["grad"], a, p)
+            if old is not None:
+                p.grad.copy_(old)
             self.state[p] = {"step": torch.tensor(0.0), "exp_avg": self.flat["exp_avg"][a:b].view_as(p),
                              "exp_avg_sq": self.flat["exp_avg_sq"][a:b].view_as(p)}
+        del old_grads
         self.grads = [p.grad for p in self.params]
         self.steps = [0] * len(self.params)
         self.group_of = [i for i, group in enumerate(self.param_groups) for _ in group["params"]]
         self.versions = [g._version for g in self.grads]
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the tensors the buffers replaced: keep them out of reserved memory
         use_triton = kernel == "triton" or (kernel == "auto" and device.type == "cuda")
         self.kernel = _triton_kernel() if use_triton else None
         if kernel == "triton" and self.kernel is None:

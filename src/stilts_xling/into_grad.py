@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Optional
 
 import torch
 
@@ -148,24 +149,25 @@ def _linears(encoder: torch.nn.Module) -> list[torch.nn.Linear]:
             and seen[id(m)] == 1]
 
 
-def _fused_forward(m: torch.nn.Linear):
+def _fused_forward(m: torch.nn.Linear, dtype: Optional[torch.dtype]):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if m.weight.grad is None:  # zero_grad(set_to_none=True) since the last backward: start from zeros
             m.weight.grad = torch.zeros_like(m.weight)
-        return _LinearIntoGrad.apply(x, m.weight, m.bias, m.weight.grad, _compute_dtype(x))
+        return _LinearIntoGrad.apply(x, m.weight, m.bias, m.weight.grad, dtype or _compute_dtype(x))
     return forward
 
 
 @contextlib.contextmanager
-def linear_into_grad(encoder: torch.nn.Module):
-    """While active, the encoder's linear layers use _LinearIntoGrad; their `.grad` tensors are created
-    (zeros) where missing. CUDA graphs need them to stay these tensors (zeroed in place). Yields the
-    patched layers (none where torch lacks custom ops)."""
+def linear_into_grad(encoder: torch.nn.Module, dtype: Optional[torch.dtype] = None):
+    """While active, the encoder's linear layers use _LinearIntoGrad, computing in `dtype` (None: the
+    autocast dtype when autocast is on, else the input's; a fixed one spares compiled code the query);
+    their `.grad` tensors are created (zeros) where missing. CUDA graphs need them to stay these tensors
+    (zeroed in place). Yields the patched layers (none where torch lacks custom ops)."""
     layers = _linears(encoder) if accumulate_wgrad is not None else []
     for m in layers:
         if m.weight.grad is None:
             m.weight.grad = torch.zeros_like(m.weight)
-        m.forward = _fused_forward(m)
+        m.forward = _fused_forward(m, dtype)
     try:
         yield layers
     finally:

@@ -215,7 +215,8 @@ class _Graphs:
         self.encoder = encoder
         self.hooks = contextlib.ExitStack()
         # For the graphs' whole life: compiled layers are traced once, with the layers as they will run.
-        self.fused_linears = self.hooks.enter_context(linear_into_grad(encoder)) if fused_wgrad else []
+        self.fused_linears = (self.hooks.enter_context(linear_into_grad(encoder, torch.bfloat16 if bf16 else None))
+                              if fused_wgrad else [])
         self.params = [p for p in encoder.parameters() if p.requires_grad]
         # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
         self.small = [p for p in self.params if p.dim() < 2]
