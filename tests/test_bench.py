@@ -73,9 +73,10 @@ def test_peak_flops_table():
 def test_stand_in_heads_when_a_task_is_missing_from_the_registry(monkeypatch):
     import torch
 
+    from stilts_xling import bench_data
     from stilts_xling.data import collate
 
-    monkeypatch.setattr(bench, "_REAL_TASKS", {"classification": "mnli", "span": "no_such", "choice": "no_such"})
+    monkeypatch.setattr(bench_data, "_REAL_TASKS", {"classification": "mnli", "span": "no_such", "choice": "no_such"})
     for name, family in (("squad", "bench_span"), ("hellaswag", "bench_choice")):
         spec = bench._spec(bench.SHAPES[name])
         assert spec.family == family

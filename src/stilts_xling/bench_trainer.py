@@ -8,7 +8,8 @@ from typing import Optional
 
 import torch
 
-from .bench import Shape, _config, _fresh, _hp, _peak_gb, _rates, _rows, _sync
+from .bench import _fresh, _hp, _peak_gb, _rates, _sync
+from .bench_data import Shape, _config, _rows
 
 
 class _PadCollator:
