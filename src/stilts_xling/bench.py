@@ -124,17 +124,17 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     plan = prepare(model, speed, device, bf16, pad_id=1, max_seqlen=shape.max_length)
     max_rows = batch_size * shape.choices
     model.train()
-    # Capture / compile every shape the run will meet before the clock starts (a probe stream with the
-    # same seed yields the same batches), the largest bucket first as train() does; a long training run
-    # pays this once.
-    if plan.graphs is not None or plan.compiled:
-        plan.reserve(train_mod.largest_micro_batches(plan, [spec.name] * (total + profile),
-                                                     {spec.name: train_mod._Stream(features, batch_size, seed)},
-                                                     {spec.name: 1}, {spec.name: max_rows}))
-        probe = train_mod._Stream(features, batch_size, seed)
-        for _ in range(total + profile):
-            for micro in plan.step_batches([probe.next()], max_rows):
-                plan.prewarm(micro.batch)
+    # Every batch shape the run will meet gets its one-time costs (graph capture, compilation, cuDNN and
+    # cuBLAS start-up) paid before the clock starts, the largest graph bucket first as train() does: a
+    # probe stream with the same seed yields the same batches. A long training run pays these once; the
+    # Trainer, with one padded shape, pays them in its warm-up steps.
+    plan.reserve(train_mod.largest_micro_batches(plan, [spec.name] * (total + profile),
+                                                 {spec.name: train_mod._Stream(features, batch_size, seed)},
+                                                 {spec.name: 1}, {spec.name: max_rows}))
+    probe = train_mod._Stream(features, batch_size, seed)
+    for _ in range(total + profile):
+        for micro in plan.step_batches([probe.next()], max_rows):
+            plan.prewarm(micro.batch)
     stream = train_mod._Stream(features, batch_size, seed)
     batches = train_mod.step_batches(plan, [spec.name] * (total + profile), {spec.name: stream}, {spec.name: 1},
                                      {spec.name: max_rows}, speed.workers)

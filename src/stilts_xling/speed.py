@@ -142,6 +142,7 @@ class SpeedPlan:
         self.compiled = _compile_layers(self.encoder) if speed.compile else []
         self.bucketed = self.graphs is not None  # compiled code is length-generic after its second shape
         self.steps = speed.bucket_steps
+        self.warmed: set[tuple] = set()  # batch shapes prewarm() has run
         # CUDA graphs accumulate into the captured .grad tensors, so they must survive zero_grad.
         self.keep_grads = self.graphs.params if self.graphs is not None else None
         self.pin = device.type == "cuda"
@@ -241,12 +242,18 @@ class SpeedPlan:
         return out
 
     def prewarm(self, batch: dict[str, torch.Tensor]) -> None:
-        """Capture / compile for this batch's shape now, outside any timed or optimizer step; leaves the
-        gradients untouched."""
+        """Pay this batch shape's one-time costs now, outside any timed or optimizer step: CUDA graph
+        capture, compilation, or for eager code the cuDNN attention plans and cuBLAS heuristics of a new
+        shape (the encoder's forward and backward once). Leaves the gradients untouched; a shape seen
+        before costs nothing."""
+        key = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
+        if key in self.warmed:
+            return
+        self.warmed.add(key)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if self.graphs is not None:
             self.graphs.ensure(batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])
-        elif self.compiled:
+        else:
             amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
             with amp:
                 if self.unpadded:
