@@ -137,11 +137,14 @@ def test_gradients_written_outside_a_step_and_replaced_gradients():
     assert opt.state_dict()["state"].keys() == {next(i for i, p in enumerate(opt.params) if p is weight)}
 
 
-def test_mixed_dtypes_are_refused_with_the_config_key():
+def test_mixed_dtypes_and_late_parameter_groups_are_refused():
     model = _model()
     model["b"].to(torch.float64)
     with pytest.raises(ValueError, match="speed.flat_adamw: false"):
         FlatAdamW(_groups(model), lr=1e-2)
+    opt = FlatAdamW(_model().parameters(), lr=1e-2)
+    with pytest.raises(NotImplementedError, match="pass every parameter group to the constructor"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
 
 
 def _intermediate_metrics(run_dir):

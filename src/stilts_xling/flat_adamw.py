@@ -125,6 +125,12 @@ class FlatAdamW(torch.optim.Optimizer):
         log.info("FlatAdamW: %d tensors, %.1fM elements, %s kernel", len(self.params), total / 1e6,
                  "Triton" if self.kernel is not None else "torch")
 
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "flat"):  # called by Optimizer.__init__ for the groups given; the buffers are fixed then
+            raise NotImplementedError("FlatAdamW lays out its buffers once: pass every parameter group to the "
+                                      "constructor")
+        super().add_param_group(param_group)
+
     # Gradients ------------------------------------------------------------------------------------------
 
     def _collect(self) -> list[bool]:
