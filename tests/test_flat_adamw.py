@@ -190,9 +190,11 @@ def test_multitask_training_with_flat_adamw_matches_torch_adamw_and_resumes(tmp_
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw():
-    """train.train_step over micro batches of two buckets: CUDA graphs + FlatAdamW (Triton when installed)
-    move the weights as eager packed steps + torch's fused AdamW do (dropout off, bf16 tolerance)."""
+@pytest.mark.parametrize("fused_wgrad", [False, True], ids=["autograd-wgrad", "fused-wgrad"])
+def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fused_wgrad):
+    """train.train_step over micro batches of two buckets: CUDA graphs + FlatAdamW (Triton when installed),
+    with or without fused weight gradients, move the weights as eager packed steps + torch's fused AdamW
+    do (dropout off, bf16 tolerance)."""
     from test_unpadded import PAD, _features, _model
     from stilts_xling.config import TrainConfig, merge_train
     from stilts_xling.speed import MicroBatch, SpeedConfig, prepare
@@ -205,7 +207,8 @@ def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw():
         model = no_dropout(model.cuda().train())
         opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True, flat=fast)
         sched = _linear_schedule(opt, 0, 10)
-        plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=fast), torch.device("cuda"), True, PAD, 64)
+        plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=fast, fused_wgrad=fast and fused_wgrad),
+                       torch.device("cuda"), True, PAD, 64)
         assert (plan.graphs is not None) == fast
         for _ in range(3):
             micro = []
