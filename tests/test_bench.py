@@ -36,7 +36,10 @@ def test_report_has_the_documented_keys_with_positive_numbers(report):
     # The Trainer pads MNLI to 128 and SQuAD to 384 (run_glue / run_qa): it computes more than it reads.
     assert report["shapes"]["mnli"]["trainer"]["computed_tokens_per_s"] > 2 * report["shapes"]["mnli"]["trainer"][
         "real_tokens_per_s"]
-    assert report["shapes"]["mnli"]["variants"]["unpadded"]["unpadded"] is True
+    variants = report["shapes"]["mnli"]["variants"]
+    assert variants["unpadded"]["unpadded"] is True
+    assert variants["unpadded"]["optimizer"] == "AdamW"  # not fused on the CPU
+    assert variants["unpadded+flat"]["optimizer"] == "FlatAdamW (torch kernels)"  # Triton only on CUDA
 
 
 def test_the_table_prints_every_run(report):

@@ -32,6 +32,8 @@ import torch
 
 from .bench_data import (SHAPES, XLMR_LARGE, XLMR_TINY, Shape, _config, _rows, _spec,  # noqa: F401  (bench.*)
                          synthetic_features)
+from . import into_grad
+from .flat_adamw import FlatAdamW
 from .profiling import format_profile, profile_steps
 from .speed import SpeedConfig
 
@@ -162,7 +164,9 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     profiled = profile_steps(lambda: step(*next(batches)), profile, device) if profile else None
     result = {
         "speed": dataclasses.asdict(speed), "unpadded": plan.unpadded, "cuda_graphs": plan.graphs is not None,
-        "compiled": bool(plan.compiled),
+        "compiled": bool(plan.compiled), "optimizer": _optimizer_kind(optimizer),
+        "fused_wgrad_layers": len(plan.graphs.fused_linears) if plan.graphs else 0,
+        "fused_wgrad_in_gemm": into_grad._ADDMM_OUT_DTYPE.get(device.type),  # None: never asked
         "graph_buckets": sorted(k for k, e in plan.graphs.entries.items() if e is not None) if plan.graphs else [],
         "graph_failures": plan.graphs.failed if plan.graphs else [],
         **_rates(samples, real, computed, elapsed, steps), "loss": loss, **_peak_gb(device), "setup_s": setup_s,
@@ -172,6 +176,12 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     if not math.isfinite(loss):
         result["error"] = f"non-finite loss {loss}"
     return result
+
+
+def _optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    if isinstance(optimizer, FlatAdamW):
+        return "FlatAdamW (Triton)" if optimizer.kernel is not None else "FlatAdamW (torch kernels)"
+    return "AdamW (fused)" if optimizer.defaults.get("fused") else "AdamW"
 
 
 def _rates(samples: int, real: int, computed: int, elapsed: float, steps: int) -> dict:
