@@ -226,3 +226,21 @@ def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fus
         moved = (value - init[name]).abs().mean().item()
         assert moved > 0, name
         assert (fast[name] - value).abs().mean().item() <= 0.05 * moved, name
+
+
+def test_zero_grad_keeps_graph_gradients_in_place_and_drops_the_rest():
+    """Under CUDA graphs the encoder's .grad tensors must stay the captured ones (zeroed in place), while
+    the heads' go to None, so that torch's AdamW skips the head of a task that is not in the next step."""
+    model = _model()
+    opt = torch.optim.AdamW(_groups(model), lr=1e-2)
+    keep = list(model["enc"].parameters())
+    x = torch.randn(4, 7)
+    model["a"](model["enc"](x)).sum().backward()
+    kept = [p.grad for p in keep]
+    zero_grad(opt, keep)
+    assert all(p.grad is g and float(g.abs().sum()) == 0 for p, g in zip(keep, kept))
+    assert all(p.grad is None for name in "ab" for p in model[name].parameters())
+    head_a = [p.detach().clone() for p in model["a"].parameters()]
+    model["b"](model["enc"](x)).sum().backward()
+    opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(head_a, model["a"].parameters()))  # skipped, not decayed
