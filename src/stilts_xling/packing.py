@@ -221,6 +221,9 @@ class _Graphs:
         # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
         self.small = [p for p in self.params if p.dim() < 2]
         self.pool = torch.cuda.graph_pool_handle()
+        # One side stream for every warm-up and capture: cuBLAS keeps a workspace per stream it ran on
+        # (tens of MB each on Hopper), so a new stream per bucket would add one per bucket to reserved memory.
+        self.side = torch.cuda.Stream(device)
         self.entries: dict[tuple[int, int], Optional[SimpleNamespace]] = {}  # None: capture failed
         self.failed: list[str] = []
         self.anchor = torch.zeros((), device=device, requires_grad=True)  # lets autograd reach _Replay.backward
@@ -256,7 +259,7 @@ class _Graphs:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         e.grads = [p.grad for p in self.params]
-        side = torch.cuda.Stream()
+        side = self.side
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # run every kernel once outside capture (workspaces, lazy init, compilation)
