@@ -94,7 +94,9 @@ def _addmm_accumulates(device: torch.device) -> bool:
 def _accumulate_wgrad(grad: torch.Tensor, grad_out: torch.Tensor, x: torch.Tensor) -> None:
     """grad += grad_out^T x over all leading dimensions, accumulated in grad's dtype."""
     g2, x2 = grad_out.reshape(-1, grad_out.size(-1)), x.reshape(-1, x.size(-1))
-    if grad.dtype != g2.dtype and g2.is_cuda and _addmm_accumulates(g2.device):
+    if grad.dtype == g2.dtype:
+        grad.addmm_(g2.t(), x2)  # one GEMM with beta=1
+    elif g2.is_cuda and _addmm_accumulates(g2.device):
         torch.addmm(grad, g2.t(), x2, out_dtype=grad.dtype, out=grad)
     else:
         grad.add_((g2.t() @ x2).to(grad.dtype))
