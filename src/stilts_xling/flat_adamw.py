@@ -115,7 +115,7 @@ class FlatAdamW(torch.optim.Optimizer):
         self.grads = [p.grad for p in self.params]
         self.steps = [0] * len(self.params)
         self.group_of = [i for i, group in enumerate(self.param_groups) for _ in group["params"]]
-        self.versions = [g._version for g in self.grads]
+        self._mark_read()
         use_triton = kernel == "triton" or (kernel == "auto" and device.type == "cuda")
         self.kernel = _triton_kernel() if use_triton else None
         if kernel == "triton" and self.kernel is None:
@@ -127,11 +127,15 @@ class FlatAdamW(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "flat"):  # called by Optimizer.__init__ for the groups given; the buffers are fixed then
-            raise NotImplementedError("FlatAdamW lays out its buffers once: pass every parameter group to the "
-                                      "constructor")
+            raise RuntimeError("FlatAdamW lays out its buffers once: pass every parameter group to the "
+                               "constructor")
         super().add_param_group(param_group)
 
     # Gradients ------------------------------------------------------------------------------------------
+
+    def _mark_read(self) -> None:
+        """Every gradient as it is now counts as read: only later writes make a parameter active."""
+        self.versions = [g._version for g in self.grads]
 
     def _collect(self) -> list[bool]:
         """Which parameters got a gradient since the last step; a `.grad` that is not the buffer's view is
@@ -162,7 +166,7 @@ class FlatAdamW(torch.optim.Optimizer):
         for i, active in enumerate(self._collect()):
             if active:
                 self.grads[i].zero_()
-        self.versions = [g._version for g in self.grads]
+        self._mark_read()
 
     # The update -----------------------------------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class FlatAdamW(torch.optim.Optimizer):
             group = self.param_groups[g]
             a, b = self.ranges[first][0], self.ranges[end - 1][1]
             self._update(a, b, group, self.steps[first])
-        self.versions = [g._version for g in self.grads]
+        self._mark_read()
         return loss
 
     def _update(self, a: int, b: int, group: dict, step: int) -> None:

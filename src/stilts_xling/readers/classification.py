@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .common import _err, _get, _jsonl, _label, _lines, _nonempty, _pair, _tsv
+from .common import _err, _get, _jsonl, _label, _nonempty, _pair, _tab_fields, _tsv
 
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -100,13 +100,8 @@ def read_pawsx_tsv(path: Path, lang: str | None = None) -> list[dict]:
 def read_glue_cola_tsv(path: Path, lang: str | None = None) -> list[dict]:
     """CoLA train/dev: no header; ``source<TAB>label<TAB>original label<TAB>sentence`` (label 0/1)."""
     out = []
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 4:
-            raise _err(path, n, f"expected 4 tab-separated columns (source, label, original label, sentence), "
-                       f"found {len(fields)}", "use CoLA's train.tsv/dev.tsv (test.tsv has no labels)")
+    for n, fields in _tab_fields(path, 4, "4 tab-separated columns (source, label, original label, sentence)",
+                                 "use CoLA's train.tsv/dev.tsv (test.tsv has no labels)"):
         # Sources ("gj04") repeat, so the running index is the id.
         out.append(_pair(str(len(out)), fields[3], None, _label(fields[1], BINARY_LABELS, path, n)))
     return _nonempty(out, path)

@@ -34,6 +34,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield n, line.rstrip("\n").removesuffix("\r")
 
 
+def _tab_fields(path: Path, count: int, expected: str, fix: str) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank lines of a headerless TSV as (line number, fields), each line with exactly `count`
+    tab-separated fields; `expected` and `fix` word the error for a line that has another number."""
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != count:
+            raise _err(path, n, f"expected {expected}; the line has {len(fields)} tab-separated fields", fix)
+        yield n, fields
+
+
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     for n, line in _lines(path):
         if not line.strip():

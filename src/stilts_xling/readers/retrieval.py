@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .common import DataError, _err, _lines, _nonempty
+from .common import DataError, _err, _lines, _nonempty, _tab_fields
 
 
 def read_tatoeba(dir: Path, lang3: str) -> tuple[list[str], list[str]]:
@@ -27,12 +27,8 @@ _BUCC_SPLITS = {"dev": ("dev", "sample"), "test": ("test", "training"),
 
 def _bucc_file(path: Path) -> list[tuple[int, str, str]]:
     """Lines ``ID<TAB>sentence`` (or ``srcID<TAB>trgID`` in .gold) as (line number, a, b)."""
-    out = []
-    for n, line in _lines(path):
-        parts = line.split("\t")
-        if line.strip() and len(parts) != 2:
-            raise _err(path, n, f"expected 2 tab-separated fields, found {len(parts)}", "write 'ID<TAB>value'")
-        out += [(n, parts[0].strip(), parts[1].strip())] if line.strip() else []
+    out = [(n, a.strip(), b.strip()) for n, (a, b) in _tab_fields(path, 2, "2 tab-separated fields",
+                                                                       "write 'ID<TAB>value'")]
     return _nonempty(out, path, what="lines")
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .common import _err, _label, _lines, _nonempty
+from .common import _err, _label, _lines, _nonempty, _tab_fields
 
 
 UPOS_TAGS = frozenset("ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split())
@@ -20,13 +20,7 @@ PANX_TAGS = frozenset(["O"] + [f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", 
 def read_ccg_tsv(path: Path, lang: str | None = None) -> list[dict]:
     """jiant's CCG format: one sentence per line, ``tokens<TAB>supertags``, both space-separated."""
     out = []
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2:
-            raise _err(path, n, f"expected 'tokens<TAB>tags', found {len(parts)} tab-separated fields",
-                       "one TAB per line")
+    for n, parts in _tab_fields(path, 2, "'tokens<TAB>tags'", "one TAB per line"):
         tokens, tags = parts[0].split(), parts[1].split()
         if len(tokens) != len(tags) or not tokens:
             raise _err(path, n, f"{len(tokens)} tokens but {len(tags)} tags", "give exactly one supertag per token")
