@@ -42,6 +42,12 @@ class Context:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
             self.lock.close()
             self.lock = None
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            # Left to interpreter exit, the process group's C++ threads can be torn down while still joinable,
+            # and a rank that finished cleanly aborts ("terminate called without an active exception").
+            dist.destroy_process_group()
 
     def __enter__(self) -> "Context":
         return self
