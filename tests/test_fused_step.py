@@ -4,6 +4,7 @@ exist): clipping inside fused AdamW, and word-embedding and linear-layer gradien
 import pytest
 import torch
 
+from conftest import no_dropout
 from stilts_xling.into_grad import _linears, embedding_into_grad, linear_into_grad
 from stilts_xling.train import clip_in_step
 
@@ -74,11 +75,7 @@ def _tiny_encoder():
     from stilts_xling import bench
 
     torch.manual_seed(0)
-    encoder = AutoModel.from_config(bench._config(tiny=True), add_pooling_layer=False)
-    for m in encoder.modules():  # the same function on both sides
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return encoder
+    return no_dropout(AutoModel.from_config(bench._config(tiny=True), add_pooling_layer=False))
 
 
 def _backward(encoder, ids, weights, amp: bool):

@@ -130,16 +130,17 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     # cuBLAS start-up) paid before the clock starts, the largest graph bucket first as train() does: a
     # probe stream with the same seed yields the same batches. A long training run pays these once; the
     # Trainer, with one padded shape, pays them in its warm-up steps.
-    plan.reserve(train_mod.largest_micro_batches(plan, [spec.name] * (total + profile),
-                                                 {spec.name: train_mod._Stream(features, batch_size, seed)},
-                                                 {spec.name: 1}, {spec.name: max_rows}))
-    probe = train_mod._Stream(features, batch_size, seed)
-    for _ in range(total + profile):
+    schedule, accum, rows = [spec.name] * (total + profile), {spec.name: 1}, {spec.name: max_rows}
+
+    def new_stream() -> train_mod._Stream:
+        return train_mod._Stream(features, batch_size, seed)
+
+    plan.reserve(train_mod.largest_micro_batches(plan, schedule, {spec.name: new_stream()}, accum, rows))
+    probe = new_stream()
+    for _ in schedule:
         for micro in plan.step_batches([probe.next()], max_rows):
             plan.prewarm(micro.batch)
-    stream = train_mod._Stream(features, batch_size, seed)
-    batches = train_mod.step_batches(plan, [spec.name] * (total + profile), {spec.name: stream}, {spec.name: 1},
-                                     {spec.name: max_rows}, speed.workers)
+    batches = train_mod.step_batches(plan, schedule, {spec.name: new_stream()}, accum, rows, speed.workers)
     losses: list[torch.Tensor] = []
     samples = real = computed = 0
     start = time.perf_counter()

@@ -151,10 +151,16 @@ def _linears(encoder: torch.nn.Module) -> list[torch.nn.Linear]:
             and seen[id(m)] == 1]
 
 
+def ensure_grads(params) -> None:
+    """A zero `.grad` for each parameter that has none: the tensors written into in place."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def _fused_forward(m: torch.nn.Linear, dtype: Optional[torch.dtype]):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if m.weight.grad is None:  # zero_grad(set_to_none=True) since the last backward: start from zeros
-            m.weight.grad = torch.zeros_like(m.weight)
+        ensure_grads([m.weight])  # zero_grad(set_to_none=True) since the last backward: start from zeros
         return _LinearIntoGrad.apply(x, m.weight, m.bias, m.weight.grad, dtype or _compute_dtype(x))
     return forward
 
@@ -166,9 +172,8 @@ def linear_into_grad(encoder: torch.nn.Module, dtype: Optional[torch.dtype] = No
     their `.grad` tensors are created (zeros) where missing. CUDA graphs need them to stay these tensors
     (zeroed in place). Yields the patched layers (none where torch lacks custom ops)."""
     layers = _linears(encoder) if accumulate_wgrad is not None else []
+    ensure_grads(m.weight for m in layers)
     for m in layers:
-        if m.weight.grad is None:
-            m.weight.grad = torch.zeros_like(m.weight)
         m.forward = _fused_forward(m, dtype)
     try:
         yield layers

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .into_grad import embedding_into_grad, linear_into_grad
+from .into_grad import embedding_into_grad, ensure_grads, linear_into_grad
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +255,7 @@ class _Graphs:
 
     def _capture(self, ids, pos, cu) -> SimpleNamespace:
         e = SimpleNamespace(ids=ids.clone(), pos=pos.clone(), cu=cu.clone(), params=self.params)
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        ensure_grads(self.params)
         e.grads = [p.grad for p in self.params]
         side = self.side
         side.wait_stream(torch.cuda.current_stream())

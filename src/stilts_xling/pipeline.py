@@ -321,10 +321,10 @@ def summary(ctx: Context) -> str:
                     continue
         if scores:
             bench = ctx.cfg.xtreme.benchmark
-            name, count = {"xtreme": ("XTREME", "nine"), "xtreme-r": ("XTREME-R", "ten")}[bench]
+            label, count = {"xtreme": ("XTREME", "nine"), "xtreme-r": ("XTREME-R", "ten")}[bench]
             overall = metrics.benchmark_score(scores, bench)
-            lines.append(f"\n{name} task scores ({split}, QA as {ctx.cfg.xtreme.qa_score}): "
+            lines.append(f"\n{label} task scores ({split}, QA as {ctx.cfg.xtreme.qa_score}): "
                          + ", ".join(f"{t} {v:.1f}" for t, v in scores.items()))
-            lines.append(f"{name} score: {overall:.1f}" if overall is not None
-                         else f"{name} score: needs all {count} tasks")
+            lines.append(f"{label} score: {overall:.1f}" if overall is not None
+                         else f"{label} score: needs all {count} tasks")
     return "\n".join(lines) or "no XTREME results yet"

@@ -38,10 +38,8 @@ class Context:
         return self.run_dir / "results.jsonl"
 
     def close(self) -> None:
-        if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
-            self.lock.close()
-            self.lock = None
+        _unlock(self.lock)
+        self.lock = None
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -107,9 +105,7 @@ def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
         log.info("%s: the saved config differs only in keys left at their defaults; updating it", saved)
     elif saved_text != text:
         if not new_run:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                lock.close()
+            _unlock(lock)
             diff = "".join(difflib.unified_diff(saved_text.splitlines(True), text.splitlines(True),
                                                 "saved config.yaml", "this config"))
             raise ValueError(f"{run_dir} holds a run with a different config:\n{diff}\nUse another run_dir, or "
@@ -170,6 +166,13 @@ def _lock(run_dir: Path) -> Any:
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+def _unlock(handle: Any) -> None:
+    """Release and close a lock _lock took (None: this rank holds none)."""
+    if handle is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _archive(run_dir: Path) -> None:

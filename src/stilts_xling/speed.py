@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 
 from .config import SpeedConfig  # noqa: F401  (re-exported: the loop and the bench take it from here)
+from .evaluate import autocast
 from .packing import ATTENTION, PackedEncoder, _Graphs, _register, flash_available, position_offset
 
 log = logging.getLogger(__name__)
@@ -181,9 +182,7 @@ class SpeedPlan:
         was_training = self.encoder.training
         self.encoder.eval()
         try:
-            amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and self.device.type == "cuda"
-                   else contextlib.nullcontext())
-            with amp:
+            with autocast(self.device, bf16):
                 padded = self.encoder(input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"]).last_hidden_state.float()
                 packed = PackedEncoder(self.encoder, self.max_seqlen)(batch, batch["attention_mask"]).float()
@@ -254,8 +253,7 @@ class SpeedPlan:
         if self.graphs is not None:
             self.graphs.ensure(batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])
         else:
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-            with amp:
+            with autocast(self.device, self.bf16):
                 if self.unpadded:
                     out = PackedEncoder(self.encoder, self.max_seqlen).encode(
                         batch["packed_ids"], batch["packed_pos"], batch["cu_seqlens"])

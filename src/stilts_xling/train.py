@@ -279,7 +279,11 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     probs = task_probabilities(sizes, sampler)
     micro = {n: by_name[n].hp.micro_batch_size or by_name[n].hp.batch_size for n in names}
     accum = {n: max(1, by_name[n].hp.batch_size // micro[n]) for n in names}
-    streams = {n: _Stream(by_name[n].train, micro[n], seed + i) for i, n in enumerate(names)}
+
+    def new_streams() -> dict[str, _Stream]:
+        return {n: _Stream(by_name[n].train, micro[n], seed + i) for i, n in enumerate(names)}
+
+    streams = new_streams()
     dev = {n: _dev_subset(by_name[n], hp.eval_subset, seed) for n in names}
     eval_every = hp.eval_every or math.ceil(steps / max(1.0, max(by_name[n].hp.epochs for n in names)))
 
@@ -302,8 +306,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     # Drawn up front so that batches can be collated ahead; the same draws as one per step.
     schedule = [rng.choices(names, weights=[probs[n] for n in names])[0] for _ in range(steps)]
     if plan.graphs is not None:
-        probes = {n: _Stream(by_name[n].train, micro[n], seed + i) for i, n in enumerate(names)}  # = streams
-        plan.reserve(largest_micro_batches(plan, schedule, probes, accum, max_rows))
+        # Fresh copies of the streams: the same draws, walked ahead without touching the real ones.
+        plan.reserve(largest_micro_batches(plan, schedule, new_streams(), accum, max_rows))
     best = TrainResult(best_step=-1, best_score=-math.inf, dev_metrics={}, history=[])
     best_state, bad_evals, start = None, 0, 0
     state = checkpoint.load(checkpoint_path) if checkpoint_path else None

@@ -104,19 +104,25 @@ class Pool:
     def __init__(self, records: list[dict]):
         self.index: dict[str, int] = {}
         self.records: list[dict] = []
+        self.positions: list[int] = []  # where each pool row's record is in `records`
         self.by_target: dict[str, dict[int, None]] = {}
-        for r in records:
+        for i, r in enumerate(records):
             if r["candidate"] is None:
                 continue
             j = self.index.setdefault(r["candidate_id"], len(self.records))
             if j == len(self.records):
                 self.records.append(r)
+                self.positions.append(i)
             if r["target"] is not None:
                 self.by_target.setdefault(r["target"], {})[j] = None
         self.ids = list(self.index)  # candidate_id of each pool row
 
     def relevant(self, target: Optional[str]) -> list[int]:
         return list(self.by_target.get(target, ()))
+
+    def ranked(self, questions: list[dict], top: torch.Tensor) -> dict[str, list[str]]:
+        """question id -> candidate ids, from `top`'s pool rows (one row of it per question)."""
+        return {q["id"]: [self.ids[j] for j in row] for q, row in zip(questions, top.tolist())}
 
 
 def questions_of(records: list[dict]) -> list[dict]:
@@ -176,13 +182,9 @@ class DualEncoderFamily:
         half = rows.size(1) // 2
         records = [examples[f["example_index"]] for f in features]
         pool = Pool(records)
-        first = {}
-        for i, r in enumerate(records):
-            first.setdefault(r["candidate_id"], i)
-        candidates = rows[[first[c] for c in pool.ids], half:]
+        candidates = rows[pool.positions, half:]
         top, _ = R.average_precisions(rows[:, :half], candidates, [pool.relevant(r["target"]) for r in records], K)
-        ids = pool.ids
-        return {r["id"]: [ids[j] for j in row] for r, row in zip(records, top.tolist())}
+        return pool.ranked(records, top)
 
     def score(self, spec, predictions, examples, lang):
         """mAP@20 (percentage) of `predictions` (question id -> ranked candidate ids); relevance from
@@ -218,9 +220,8 @@ class DualEncoderFamily:
                     raise DataError(f"{spec.name} {split}: no questions in language {lang!r}")
                 vectors = embed(mine, lambda part: encode_questions(tokenizer, part, q_len))
                 top, ap = R.average_precisions(vectors, pool_cache[key], [pool.relevant(q["target"]) for q in mine], K)
-                ids = pool.ids
-                predictions = {q["id"]: [ids[j] for j in row] for q, row in zip(mine, top.tolist())}
-                yield lang, split, mine, {METRIC: 100 * ap.mean().item(), "candidates": len(ids)}, predictions
+                yield (lang, split, mine, {METRIC: 100 * ap.mean().item(), "candidates": len(pool.ids)},
+                       pool.ranked(mine, top))
 
 
 @torch.no_grad()
