@@ -342,6 +342,41 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers, fused_wgrad)
         assert (eager[0][name] - graphed[0][name]).abs().max().item() <= tol, name
 
 
+
+@pytest.mark.gpu
+@gpu
+def test_later_bucket_warm_ups_reuse_the_graph_pool():
+    """Capturing a smaller bucket after the largest one adds little reserved memory: its eager warm-up
+    allocates from the graphs' pool, which the first capture left free, not a second copy of the
+    activations beside it. The encoder is sized so that its activations dwarf its weights."""
+    from stilts_xling import bench
+    from stilts_xling.model import MultiTaskModel
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    config = bench._config(tiny=True, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                           num_attention_heads=4, max_position_embeddings=130)
+    model = MultiTaskModel(AutoModel.from_config(config, add_pooling_layer=False), [bench._spec(bench.SHAPES["mnli"])])
+    model = no_dropout(model.cuda().train())
+    plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=True), torch.device("cuda"), True, PAD, 128)
+
+    def capture(rows, length):
+        feats = [{"input_ids": [0] + [5] * (length - 2) + [2], "labels": 0} for _ in range(rows)]
+        batch, _, _ = plan.collate(feats, rows)
+        before = torch.cuda.memory_reserved()
+        plan.prewarm(batch)
+        return torch.cuda.max_memory_reserved() - before
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    first = capture(128, 128)  # 16k tokens: hundreds of MB of activations
+    torch.cuda.reset_peak_memory_stats()
+    second = capture(128, 96)  # three quarters of the first
+    plan.close()
+    assert first > 200 * 2 ** 20, first
+    assert second < 0.25 * first, (first, second)
+
+
 @pytest.mark.slow
 def test_compiled_layers_give_the_eager_gradients_and_compile_twice_at_most():
     """Regional torch.compile over packed rows of changing length: eager's loss and gradients, and no

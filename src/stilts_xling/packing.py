@@ -220,9 +220,14 @@ class _Graphs:
         self.params = [p for p in encoder.parameters() if p.requires_grad]
         # Warm-up backward only needs the kernels to run once, not 2 GB of weight gradients.
         self.small = [p for p in self.params if p.dim() < 2]
-        self.pool = torch.cuda.graph_pool_handle()
-        # One side stream for every warm-up and capture: cuBLAS keeps a workspace per stream it ran on
-        # (tens of MB each on Hopper), so a new stream per bucket would add one per bucket to reserved memory.
+        # The eager warm-up before each capture allocates from the graphs' own pool (a torch.cuda.MemPool, where
+        # this torch has one): a bucket's warm-up then reuses the blocks the graphs captured so far leave free.
+        # From the default pool it added a second copy of the activations to reserved memory next to the pool
+        # (each capture starts with empty_cache, but the pool is not emptied and the next warm-up comes after).
+        self.mempool = torch.cuda.MemPool() if hasattr(torch.cuda, "use_mem_pool") else None
+        self.pool = self.mempool.id if self.mempool is not None else torch.cuda.graph_pool_handle()
+        # One side stream for every warm-up and capture: the allocator reuses a free block only on the stream it
+        # was allocated on, and cuBLAS keeps a workspace per stream it ran on (tens of MB each on Hopper).
         self.side = torch.cuda.Stream(device)
         self.entries: dict[tuple[int, int], Optional[SimpleNamespace]] = {}  # None: capture failed
         self.failed: list[str] = []
@@ -234,6 +239,11 @@ class _Graphs:
         if self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
+
+    def _warm_up_pool(self):
+        # Only this thread's allocations: the warm-up backward's (autograd's device thread) stay in the default
+        # pool, a layer's worth at a time.
+        return torch.cuda.use_mem_pool(self.mempool) if self.mempool is not None else contextlib.nullcontext()
 
     def ensure(self, ids: torch.Tensor, pos: torch.Tensor, cu: torch.Tensor) -> Optional[SimpleNamespace]:
         key = (ids.size(1), cu.size(0))
@@ -259,7 +269,7 @@ class _Graphs:
         e.grads = [p.grad for p in self.params]
         side = self.side
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), self._warm_up_pool():
             for _ in range(2):  # run every kernel once outside capture (workspaces, lazy init, compilation)
                 with self._autocast():
                     out = self.encode(e.ids, e.pos, e.cu)
@@ -270,11 +280,11 @@ class _Graphs:
         torch.cuda.current_stream().wait_stream(side)
         e.fwd, e.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # The recorded backward then adds the word-embedding rows into .grad itself (see the Function).
-        with torch.cuda.graph(e.fwd, pool=self.pool, **self.mode), embedding_into_grad(self.encoder):
+        with torch.cuda.graph(e.fwd, pool=self.pool, stream=side, **self.mode), embedding_into_grad(self.encoder):
             with self._autocast():
                 out = self.encode(e.ids, e.pos, e.cu)
         e.grad_out = torch.zeros_like(out)
-        with torch.cuda.graph(e.bwd, pool=self.pool, **self.mode):
+        with torch.cuda.graph(e.bwd, pool=self.pool, stream=side, **self.mode):
             torch.autograd.backward(out, e.grad_out)
         e.out = out.detach()
         log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
