@@ -40,6 +40,9 @@ def test_report_has_the_documented_keys_with_positive_numbers(report):
     assert variants["unpadded"]["unpadded"] is True
     assert variants["unpadded"]["optimizer"] == "AdamW"  # not fused on the CPU
     assert variants["unpadded+flat"]["optimizer"] == "FlatAdamW (torch kernels)"  # Triton only on CUDA
+    assert variants["unpadded+flat+lazy"]["optimizer"] == "FlatAdamW (torch kernels), lazy embedding rows"
+    # Deferred rows change when a row moves, not where: the runs' losses agree.
+    assert variants["unpadded+flat+lazy"]["loss"] == pytest.approx(variants["unpadded+flat"]["loss"], rel=1e-4)
 
 
 def test_the_table_prints_every_run(report):

@@ -190,11 +190,12 @@ def test_multitask_training_with_flat_adamw_matches_torch_adamw_and_resumes(tmp_
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("fused_wgrad", [False, True], ids=["autograd-wgrad", "fused-wgrad"])
-def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fused_wgrad):
+@pytest.mark.parametrize("fused_wgrad,lazy", [(False, False), (True, False), (True, True)],
+                         ids=["autograd-wgrad", "fused-wgrad", "fused-wgrad-lazy-rows"])
+def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fused_wgrad, lazy):
     """train.train_step over micro batches of two buckets: CUDA graphs + FlatAdamW (Triton when installed),
-    with or without fused weight gradients, move the weights as eager packed steps + torch's fused AdamW
-    do (dropout off, bf16 tolerance)."""
+    with or without fused weight gradients and deferred embedding rows (their catch-up captured in the
+    graphs), move the weights as eager packed steps + torch's fused AdamW do (dropout off, bf16 tolerance)."""
     from test_unpadded import PAD, _features, _model
     from stilts_xling.config import TrainConfig, merge_train
     from stilts_xling.speed import MicroBatch, SpeedConfig, prepare
@@ -205,7 +206,7 @@ def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fus
     def weights(fast):
         model, task = _model("classification")
         model = no_dropout(model.cuda().train())
-        opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True, flat=fast)
+        opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True, flat=fast, lazy=fast and lazy)
         sched = _linear_schedule(opt, 0, 10)
         plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=fast, fused_wgrad=fast and fused_wgrad),
                        torch.device("cuda"), True, PAD, 64)
@@ -217,6 +218,8 @@ def test_cuda_graph_steps_with_flat_adamw_match_eager_steps_with_torch_adamw(fus
                 micro.append(MicroBatch(batch, 8, real, real, computed, 0.5))
             train_step(model, task, micro, opt, sched, None, 1.0, torch.device("cuda"), True, plan.keep_grads)
         plan.close()
+        if fast:
+            opt.flush()
         return {n: p.detach().float().cpu() for n, p in model.named_parameters()}
 
     eager, fast = weights(False), weights(True)

@@ -55,11 +55,15 @@ VARIANTS = {
     # ... and weight gradients accumulated in fp32 by the GEMM itself (no cast, no add).
     "unpadded+graphs+compile+flat+wgrad": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
                                                       flat_adamw=True, fused_wgrad=True),
+    # ... and word-embedding rows stepped when looked up, not all 250k every step (exact; lazy_rows.py).
+    "unpadded+graphs+compile+flat+wgrad+lazy": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
+                                                           flat_adamw=True, fused_wgrad=True, lazy_embedding=True),
     "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),
     "unpadded": SpeedConfig(unpadded=True, workers=1),
     "unpadded+flat": SpeedConfig(unpadded=True, workers=1, flat_adamw=True),
+    "unpadded+flat+lazy": SpeedConfig(unpadded=True, workers=1, flat_adamw=True, lazy_embedding=True),
 }
-CPU_VARIANTS = ["padded", "unpadded", "unpadded+flat"]
+CPU_VARIANTS = ["padded", "unpadded", "unpadded+flat", "unpadded+flat+lazy"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,7 +125,8 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
         model = MultiTaskModel(encoder, [spec])
     hp = _hp(lr, batch_size, shape.max_length)
     total = warmup + steps
-    optimizer = train_mod._optimizer(model, hp, fused=device.type == "cuda", flat=speed.flat_adamw)
+    optimizer = train_mod._optimizer(model, hp, fused=device.type == "cuda", flat=speed.flat_adamw,
+                                     lazy=speed.lazy_embedding)
     scheduler = train_mod._linear_schedule(optimizer, int(hp.warmup * total), total)
     plan = prepare(model, speed, device, bf16, pad_id=1, max_seqlen=shape.max_length)
     max_rows = batch_size * shape.choices
@@ -181,7 +186,8 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
 
 def _optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
     if isinstance(optimizer, FlatAdamW):
-        return "FlatAdamW (Triton)" if optimizer.kernel is not None else "FlatAdamW (torch kernels)"
+        kind = "FlatAdamW (Triton)" if optimizer.kernel is not None else "FlatAdamW (torch kernels)"
+        return kind + (", lazy embedding rows" if optimizer.lazy is not None else "")
     return "AdamW (fused)" if optimizer.defaults.get("fused") else "AdamW"
 
 

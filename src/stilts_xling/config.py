@@ -164,6 +164,9 @@ class SpeedConfig:
     # AdamW over flat buffers (flat_adamw.py): one norm and one Triton kernel per step instead of ~34
     # multi-tensor launches plus separate zeroing; same maths and checkpoint format as torch's AdamW.
     flat_adamw: bool = False
+    # With flat_adamw: word-embedding rows take AdamW's steps when a batch looks them up, replaying the steps
+    # they missed (lazy_rows.py); the same maths without a pass over the whole 250k-row matrix every step.
+    lazy_embedding: bool = False
     # With cuda_graphs: linear layers accumulate weight gradients into the fp32 .grad inside the GEMM
     # (into_grad.py), saving a cast and an add kernel per weight per micro batch.
     fused_wgrad: bool = False
@@ -186,6 +189,7 @@ _NOT_WITH_FSDP = {
     "cuda_graphs": "a captured graph cannot hold FSDP's per-block all-gathers and reduce-scatters",
     "compile": "compiled blocks are not checked against FSDP's per-block hooks",
     "flat_adamw": "FSDP's parameters are shards (DTensors), which cannot live in one flat buffer",
+    "lazy_embedding": "the deferred rows live in flat_adamw's buffers",
     # Every rank must run the same forward passes, or their all-gathers pair up wrongly.
     "token_budget": "each process splits its own share of a micro batch by tokens, so processes could run "
                     "different numbers of forward passes",
@@ -363,6 +367,8 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
     if sp.fused_wgrad and not sp.cuda_graphs:
         errors.append("speed.fused_wgrad: needs speed.cuda_graphs: true (weight gradients that bypass autograd need "
                       "the single-process graph run, whose .grad tensors stay in place)")
+    if sp.lazy_embedding and not sp.flat_adamw:
+        errors.append("speed.lazy_embedding: needs speed.flat_adamw: true (the deferred rows live in its buffers)")
     if cfg.distributed.strategy == "fsdp":
         errors += fsdp_problems(cfg)
     for key in ("k", "batch_size", "max_length"):

@@ -25,50 +25,28 @@ from typing import Iterable, Optional
 
 import torch
 
+from .lazy_rows import LazyRows, tied_users
+
 log = logging.getLogger(__name__)
 
 ALIGN = 64  # elements: each tensor starts 256 bytes into its buffer, as vectorized loads and cuBLAS like
 BLOCK = 2048  # elements per Triton program: 4 streams x 8 KB in flight, enough to keep HBM busy
 
 
-def _triton_kernel():
-    """The Triton AdamW kernel, or None where Triton is missing. Built on first use, so that importing
-    this module never needs Triton, and TRITON_INTERPRET set by a test before the first call applies."""
-    global _KERNEL
-    if _KERNEL is not False:
-        return _KERNEL
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        _KERNEL = None
-        return None
-
-    @triton.jit
-    def adamw(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, n, lr, beta1, beta2, eps, decay, step_size, bc2_sqrt,
-              HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-        if HAS_SCALE:
-            g = g / tl.load(scale_ptr)
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-        p = p * (1.0 - lr * decay)
-        m = m + (1.0 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
-        v = v * beta2 + (1.0 - beta2) * g * g
-        p = p - step_size * m / (tl.sqrt(v) / bc2_sqrt + eps)
-        tl.store(p_ptr + offs, p, mask=mask)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
-        tl.store(g_ptr + offs, tl.zeros_like(g), mask=mask)  # the gradient is consumed: zero_grad's work
-
-    _KERNEL = adamw
-    return adamw
+def _triton_kernels():
+    """adamw_kernels (the Triton kernels), or None where Triton is missing. Imported on first use, so that
+    importing this module never needs Triton, and TRITON_INTERPRET set by a test before the first call applies."""
+    global _KERNELS
+    if _KERNELS is False:
+        try:
+            from . import adamw_kernels
+            _KERNELS = adamw_kernels
+        except ImportError:
+            _KERNELS = None
+    return _KERNELS
 
 
-_KERNEL = False  # not built yet
+_KERNELS = False  # not imported yet
 
 
 class FlatAdamW(torch.optim.Optimizer):
@@ -117,13 +95,33 @@ class FlatAdamW(torch.optim.Optimizer):
         self.group_of = [i for i, group in enumerate(self.param_groups) for _ in group["params"]]
         self._mark_read()
         use_triton = kernel == "triton" or (kernel == "auto" and device.type == "cuda")
-        self.kernel = _triton_kernel() if use_triton else None
+        self.kernels = _triton_kernels() if use_triton else None
+        self.kernel = self.kernels.adamw if self.kernels is not None else None
         if kernel == "triton" and self.kernel is None:
             raise RuntimeError("FlatAdamW(kernel='triton') needs Triton: pip install triton")
+        self.lazy: Optional[LazyRows] = None  # defer_rows
         self.grad_scale: Optional[torch.Tensor] = None  # set by train.clip_in_step for one step
         self._collect_pending: Optional[list[bool]] = None  # grad_norm's _collect, for the step after it
         log.info("FlatAdamW: %d tensors, %.1fM elements, %s kernel", len(self.params), total / 1e6,
                  "Triton" if self.kernel is not None else "torch")
+
+    def defer_rows(self, model: torch.nn.Module, embedding: torch.nn.Embedding) -> None:
+        """speed.lazy_embedding: `embedding`'s rows are updated when looked up (lazy_rows.py), not every step.
+        Refused when another module of `model` shares the matrix: its gradient would reach every row."""
+        users = tied_users(model, embedding)
+        if users:
+            raise ValueError(f"speed.lazy_embedding: the word embeddings are also used by {', '.join(users)} (tied "
+                             "output embeddings, as in an MLM head), whose gradient reaches every row; set "
+                             "speed.lazy_embedding: false for this run")
+        index = next((i for i, p in enumerate(self.params) if p is embedding.weight), None)
+        if index is None or embedding.weight.dim() != 2:
+            raise ValueError("speed.lazy_embedding: the embedding's weight is not a matrix this optimizer trains")
+        self.lazy = LazyRows(self, index, embedding)
+
+    def flush(self) -> None:
+        """Deferred embedding rows up to date: call before reading the parameters whole."""
+        if self.lazy is not None:
+            self.lazy.flush()
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "flat"):  # called by Optimizer.__init__ for the groups given; the buffers are fixed then
@@ -175,7 +173,7 @@ class FlatAdamW(torch.optim.Optimizer):
         buffer, in the same group and at the same step count: each run is one kernel launch."""
         runs: list[list[int]] = []
         for i, on in enumerate(active):
-            if not on:
+            if not on or (self.lazy is not None and i == self.lazy.index):  # stepped row by row
                 continue
             if runs and runs[-1][1] == i and self.group_of[i] == runs[-1][2] and self.steps[i] == self.steps[i - 1]:
                 runs[-1][1] = i + 1
@@ -194,6 +192,8 @@ class FlatAdamW(torch.optim.Optimizer):
             group = self.param_groups[g]
             a, b = self.ranges[first][0], self.ranges[end - 1][1]
             self._update(a, b, group, self.steps[first])
+        if self.lazy is not None and active[self.lazy.index]:
+            self.lazy.step()
         self._mark_read()
         return loss
 
@@ -218,6 +218,7 @@ class FlatAdamW(torch.optim.Optimizer):
     # State ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        self.flush()  # deferred rows included: the state is dense AdamW's
         for p, step in zip(self.params, self.steps):
             self.state[p]["step"] = torch.tensor(float(step))
         state = super().state_dict()
@@ -235,10 +236,15 @@ class FlatAdamW(torch.optim.Optimizer):
                 view.copy_(loaded[k]) if k in loaded else view.zero_()
             self.steps[i] = int(float(loaded.get("step", 0)))
             self.state[p] = {"step": torch.tensor(float(self.steps[i])), **views}
+        if self.lazy is not None:
+            self.lazy.reset()
 
     def release(self) -> None:
         """Give every parameter its own storage back (the saved encoder must not share one buffer: safetensors
         refuses shared tensors) and drop the buffers; the optimizer is done after this."""
+        if self.lazy is not None:
+            self.lazy.close()
+            self.lazy = None
         for p in self.params:
             p.data = p.data.clone()
             p.grad = None

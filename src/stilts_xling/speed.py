@@ -22,6 +22,8 @@ launches a step leave the GPU idle most of the time. So:
 - `flat_adamw`: parameters, gradients and AdamW moments in flat buffers, one kernel a step (flat_adamw.py).
 - `fused_wgrad` (with `cuda_graphs`): linear layers accumulate their weight gradients into `.grad` in the
   GEMM itself, in fp32 (into_grad.py), instead of a bf16 GEMM, a cast and an add.
+- `lazy_embedding` (with `flat_adamw`): word-embedding rows take their AdamW steps when looked up
+  (lazy_rows.py); train.py sets it up with the optimizer.
 
 The packed rows, their attention and the CUDA graphs are in packing.py; this module decides when to use
 them and builds the batches.

@@ -123,15 +123,28 @@ def _diverged(step: int, path: Optional[Path]) -> str:
             "rate or check the data, then rerun (delete the checkpoint to start the phase afresh)")
 
 
-def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool, flat: bool = False) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA); `flat`: FlatAdamW, the same maths over flat buffers (speed.flat_adamw)."""
+def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool, flat: bool = False,
+               lazy: bool = False) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA); `flat`: FlatAdamW, the same maths over flat buffers (speed.flat_adamw), with
+    `lazy` its word-embedding rows updated when looked up (speed.lazy_embedding)."""
     # No weight decay on biases and LayerNorm weights (jiant / BERT convention): those are the 1-D tensors.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if flat:
-        return FlatAdamW(groups, lr=hp.lr, eps=1e-8)
+        optimizer = FlatAdamW(groups, lr=hp.lr, eps=1e-8)
+        if lazy:
+            optimizer.defer_rows(model, model.encoder.get_input_embeddings())
+        return optimizer
     return torch.optim.AdamW(groups, lr=hp.lr, eps=1e-8, fused=fused)
+
+
+def up_to_date(optimizer: Any) -> None:
+    """FlatAdamW's deferred embedding rows (speed.lazy_embedding) brought up to date: before anything reads
+    the parameters whole (evaluation snapshots, checkpoints)."""
+    flush = getattr(getattr(optimizer, "optimizer", optimizer), "flush", None)
+    if flush is not None:
+        flush()
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
@@ -296,7 +309,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     # FSDP: over the parameter shards. FlatAdamW moves the parameters into its buffers: after accelerate
     # has placed them, before CUDA graphs and torch.compile (the speed plan) record their addresses.
     optimizer = _optimizer(accelerator.unwrap_model(model) if not fsdp else model, hp, fused=device.type == "cuda",
-                           flat=speed.flat_adamw and not fsdp)
+                           flat=speed.flat_adamw and not fsdp, lazy=speed.lazy_embedding and not fsdp)
     scheduler = _linear_schedule(optimizer, int(hp.warmup * steps), steps)
     optimizer = par.prepare(optimizer)
     if not fsdp:
@@ -340,6 +353,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
         unchecked.clear()
         if checkpoint_path is None:
             return
+        up_to_date(optimizer)
         # FSDP gathers the states on every rank (a collective); rank 0 alone receives and writes them.
         model_state, optimizer_state = par.model_state(model), par.optimizer_state(model, optimizer)
         if not accelerator.is_main_process:
@@ -384,6 +398,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
                 loss_counts = {n: 0 for n in names}
 
             if step % eval_every == 0 or step == steps:
+                up_to_date(optimizer)  # the snapshot below reads every row
                 metrics = {}
                 with plan.evaluation():
                     for n in names:
