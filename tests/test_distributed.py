@@ -236,6 +236,17 @@ def test_ddp_multitask_with_accumulation_matches_one_process(tmp_path, optimizer
     _assert_same_metrics(tmp_path / "two", one)
 
 
+def test_ddp_with_lazy_embedding_rows_matches_one_process(tmp_path):
+    """Each rank looks up its own rows, but DDP averages the gradients: the claims are shared before the step,
+    and a row another rank claimed catches up inside the step, so both ranks move the same rows."""
+    over = ["model.dropout=0", "intermediate.train.max_steps=6", "speed.flat_adamw=true",
+            "speed.lazy_embedding=true"]
+    assert run_cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'one'}", *over).exit_code == 0
+    out = _torchrun("train-intermediate", SMOKE, f"run_dir={tmp_path / 'two'}", *over)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _assert_same_metrics(tmp_path / "two", _metrics(tmp_path / "one"))
+
+
 def test_token_budget_with_several_processes_is_refused(tmp_path):
     out = _torchrun("train-intermediate", SMOKE, f"run_dir={tmp_path / 'two'}", *OVER, "speed.token_budget=256")
     assert out.returncode != 0
