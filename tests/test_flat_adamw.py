@@ -66,13 +66,17 @@ def test_flat_adamw_matches_torch_adamw_with_torch_kernels():
     compare_with_torch("torch")
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
-def test_flat_adamw_triton_kernel_matches_torch_adamw_in_the_interpreter():
-    # TRITON_INTERPRET must be set before the kernel is built: a fresh process.
-    code = "import test_flat_adamw as t; t.compare_with_torch('triton')"
+def in_triton_interpreter(code: str) -> None:
+    """Run `code` (with this folder importable) in a fresh process under Triton's CPU interpreter:
+    TRITON_INTERPRET must be set before the kernels are built."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parent)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_flat_adamw_triton_kernel_matches_torch_adamw_in_the_interpreter():
+    in_triton_interpreter("import test_flat_adamw as t; t.compare_with_torch('triton')")
 
 
 @pytest.mark.gpu

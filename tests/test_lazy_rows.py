@@ -1,17 +1,12 @@
 """speed.lazy_embedding: word-embedding rows stepped when looked up (lazy_rows.py) end where dense AdamW puts
 them, moments and checkpoints included. The Triton kernels run here under Triton's CPU interpreter."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from conftest import REPO, run_cli, sigterm_in_training_forward
 from stilts_xling.flat_adamw import FlatAdamW
 from stilts_xling.train import clip_in_step, up_to_date, zero_grad
-from test_flat_adamw import HAS_TRITON, _intermediate_metrics
+from test_flat_adamw import HAS_TRITON, _intermediate_metrics, in_triton_interpreter
 
 ROWS, WIDTH = 40, 24
 
@@ -96,10 +91,8 @@ def test_lazy_rows_match_dense_steps_with_torch_kernels(beta1):
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
 def test_lazy_rows_triton_kernels_match_dense_steps_in_the_interpreter():
-    code = "import test_lazy_rows as t; t.compare_with_dense('triton'); t.compare_with_dense('triton', beta1=0.0)"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    in_triton_interpreter("import test_lazy_rows as t; t.compare_with_dense('triton'); "
+                          "t.compare_with_dense('triton', beta1=0.0)")
 
 
 @pytest.mark.gpu

@@ -17,6 +17,21 @@ def _adamw(p, g, m, v, lr, beta1, beta2, eps, decay, step_size, bc2_sqrt):
 
 
 @triton.jit
+def _load_state(p_ptr, m_ptr, v_ptr, offs, mask):
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    return p, m, v
+
+
+@triton.jit
+def _store_state(p_ptr, m_ptr, v_ptr, offs, mask, p, m, v):
+    tl.store(p_ptr + offs, p, mask=mask)
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(v_ptr + offs, v, mask=mask)
+
+
+@triton.jit
 def adamw(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, n, lr, beta1, beta2, eps, decay, step_size, bc2_sqrt,
           HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
     """One step over n contiguous elements; zeroes the gradient it read (zero_grad's work)."""
@@ -25,13 +40,9 @@ def adamw(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, n, lr, beta1, beta2, eps, decay
     g = tl.load(g_ptr + offs, mask=mask, other=0.0)
     if HAS_SCALE:
         g = g / tl.load(scale_ptr)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    p, m, v = _load_state(p_ptr, m_ptr, v_ptr, offs, mask)
     p, m, v = _adamw(p, g, m, v, lr, beta1, beta2, eps, decay, step_size, bc2_sqrt)
-    tl.store(p_ptr + offs, p, mask=mask)
-    tl.store(m_ptr + offs, m, mask=mask)
-    tl.store(v_ptr + offs, v, mask=mask)
+    _store_state(p_ptr, m_ptr, v_ptr, offs, mask, p, m, v)
     tl.store(g_ptr + offs, tl.zeros_like(g), mask=mask)
 
 
@@ -73,13 +84,9 @@ def catch_up_rows(ids_ptr, p_ptr, m_ptr, v_ptr, last_ptr, touched_ptr, count_ptr
             cols = tl.arange(0, BLOCK)
             mask = cols < width
             offs = row * width + cols
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-            m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+            p, m, v = _load_state(p_ptr, m_ptr, v_ptr, offs, mask)
             p, m, v = _missed_steps(p, m, v, done + 1, target, hist_ptr, beta1, beta2, eps, decay)
-            tl.store(p_ptr + offs, p, mask=mask)
-            tl.store(m_ptr + offs, m, mask=mask)
-            tl.store(v_ptr + offs, v, mask=mask)
+            _store_state(p_ptr, m_ptr, v_ptr, offs, mask, p, m, v)
             tl.store(last_ptr + row, target)
 
 
@@ -94,9 +101,7 @@ def step_rows(g_ptr, p_ptr, m_ptr, v_ptr, last_ptr, touched_ptr, count_ptr, hist
         cols = tl.arange(0, BLOCK)
         mask = cols < width
         offs = row * width + cols
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+        p, m, v = _load_state(p_ptr, m_ptr, v_ptr, offs, mask)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0)
         p, m, v = _missed_steps(p, m, v, tl.load(last_ptr + row) + 1, target - 1, hist_ptr, beta1, beta2, eps,
                                 decay)
@@ -104,9 +109,7 @@ def step_rows(g_ptr, p_ptr, m_ptr, v_ptr, last_ptr, touched_ptr, count_ptr, hist
             g = g / tl.load(scale_ptr)
         p, m, v = _adamw(p, g, m, v, tl.load(hist_ptr + 4 * target), beta1, beta2, eps, decay,
                          tl.load(hist_ptr + 4 * target + 1), tl.load(hist_ptr + 4 * target + 2))
-        tl.store(p_ptr + offs, p, mask=mask)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
+        _store_state(p_ptr, m_ptr, v_ptr, offs, mask, p, m, v)
         tl.store(g_ptr + offs, tl.zeros_like(g), mask=mask)
         tl.store(last_ptr + row, target)
         tl.store(touched_ptr + row, 0)
