@@ -21,16 +21,37 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 
-from .lazy_rows import LazyRows, tied_users
+if TYPE_CHECKING:
+    from .lazy_rows import LazyRows
 
 log = logging.getLogger(__name__)
 
 ALIGN = 64  # elements: each tensor starts 256 bytes into its buffer, as vectorized loads and cuBLAS like
 BLOCK = 2048  # elements per Triton program: 4 streams x 8 KB in flight, enough to keep HBM busy
+
+
+def constants(group: dict) -> tuple[float, float, float, float]:
+    """beta1, beta2, eps and weight decay of a parameter group as plain floats: a YAML `weight_decay: 0` is
+    an int, which Triton would compile a variant for."""
+    beta1, beta2 = map(float, group["betas"])
+    return beta1, beta2, float(group["eps"]), float(group["weight_decay"])
+
+
+def bias_corrections(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:
+    """The Triton kernels' step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t)."""
+    return lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)
+
+
+def torch_adamw(p, g, m, v, step: int, lr: float, group: dict, grad_scale: Optional[torch.Tensor]) -> None:
+    """One step of torch's own fused AdamW kernel over (p, g, m, v) in place: the path without Triton."""
+    beta1, beta2, eps, decay = constants(group)
+    steps = [torch.full((), float(step), device=p.device)]  # a fill, not a blocking host-to-device copy
+    torch._fused_adamw_([p], [g], [m], [v], [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=decay,
+                        eps=eps, amsgrad=False, maximize=False, grad_scale=grad_scale)
 
 
 def _triton_kernels():
@@ -108,6 +129,8 @@ class FlatAdamW(torch.optim.Optimizer):
     def defer_rows(self, model: torch.nn.Module, embedding: torch.nn.Embedding) -> None:
         """speed.lazy_embedding: `embedding`'s rows are updated when looked up (lazy_rows.py), not every step.
         Refused when another module of `model` shares the matrix: its gradient would reach every row."""
+        from .lazy_rows import LazyRows, tied_users
+
         users = tied_users(model, embedding)
         if users:
             raise ValueError(f"speed.lazy_embedding: the word embeddings are also used by {', '.join(users)} (tied "
@@ -198,21 +221,17 @@ class FlatAdamW(torch.optim.Optimizer):
         return loss
 
     def _update(self, a: int, b: int, group: dict, step: int) -> None:
-        # Plain floats: a YAML `weight_decay: 0` is an int, which Triton would compile a variant for.
-        lr, eps, decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-        beta1, beta2 = map(float, group["betas"])
+        lr = float(group["lr"])
         p, g, m, v = (self.flat[k][a:b] for k in ("param", "grad", "exp_avg", "exp_avg_sq"))
         if self.kernel is not None:
             n = b - a
             scale = self.grad_scale
+            beta1, beta2, eps, decay = constants(group)
             self.kernel[(triton_cdiv(n, BLOCK),)](
                 p, g, m, v, scale if scale is not None else g, n, lr, beta1, beta2, eps, decay,
-                lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step),
-                HAS_SCALE=scale is not None, BLOCK=BLOCK)
+                *bias_corrections(lr, beta1, beta2, step), HAS_SCALE=scale is not None, BLOCK=BLOCK)
             return
-        steps = [torch.full((), float(step), device=p.device)]  # a fill, not a blocking host-to-device copy
-        torch._fused_adamw_([p], [g], [m], [v], [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=decay,
-                            eps=eps, amsgrad=False, maximize=False, grad_scale=self.grad_scale)
+        torch_adamw(p, g, m, v, step, lr, group, self.grad_scale)
         g.zero_()
 
     # State ----------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any, Optional
 
 import torch
 
+from .flat_adamw import bias_corrections, constants, torch_adamw
+
 log = logging.getLogger(__name__)
 
 CAPACITY = 1 << 20  # optimizer steps whose lr and bias corrections are kept (12 MB)
@@ -94,12 +96,10 @@ class LazyRows:
         ids = ids.reshape(-1)
         if ids.numel() == 0:
             return
-        beta1, beta2 = map(float, self.group["betas"])
         if self.kernels is not None:
             self.kernels.catch_up_rows[(ids.numel(),)](
                 ids.contiguous(), self.p, self.m, self.v, self.last, self.touched, self.count, self.hist,
-                self.width, beta1, beta2, float(self.group["eps"]), float(self.group["weight_decay"]),
-                MARK=claim, BLOCK=triton_block(self.width))
+                self.width, *constants(self.group), MARK=claim, BLOCK=triton_block(self.width))
             return
         rows = torch.unique(ids)
         if claim:
@@ -118,7 +118,7 @@ class LazyRows:
         rows = rows[self.last[rows] < target]
         if rows.numel() == 0:
             return
-        beta2 = float(self.group["betas"][1])
+        beta2 = constants(self.group)[1]
         for step in range(int(self.last[rows].min()) + 1, target + 1):
             due = rows[self.last[rows] == step - 1]
             quiet = self.m[due].abs().amax(dim=1) == 0
@@ -136,11 +136,7 @@ class LazyRows:
         """torch path: one AdamW step of `rows` (torch's own fused kernel, as FlatAdamW's torch path)."""
         p, m, v = self.p[rows], self.m[rows], self.v[rows]
         g = grad if grad is not None else torch.zeros_like(p)
-        beta1, beta2 = map(float, self.group["betas"])
-        torch._fused_adamw_([p], [g], [m], [v], [], [torch.full((), float(step), device=p.device)],
-                            lr=self.lrs[step], beta1=beta1, beta2=beta2, weight_decay=float(self.group["weight_decay"]),
-                            eps=float(self.group["eps"]), amsgrad=False, maximize=False,
-                            grad_scale=self.opt.grad_scale if grad is not None else None)
+        torch_adamw(p, g, m, v, step, self.lrs[step], self.group, self.opt.grad_scale if grad is not None else None)
         self.p[rows], self.m[rows], self.v[rows] = p, m, v
 
     # The step -------------------------------------------------------------------------------------------
@@ -152,12 +148,11 @@ class LazyRows:
         if step > CAPACITY:
             raise RuntimeError(f"speed.lazy_embedding keeps the lr of at most {CAPACITY} optimizer steps; this run "
                                "takes more: set speed.lazy_embedding: false")
-        lr, decay = float(self.group["lr"]), float(self.group["weight_decay"])
-        beta1, beta2 = map(float, self.group["betas"])
+        lr, consts = float(self.group["lr"]), constants(self.group)
         self.lrs[step] = lr
-        self.log_decay[step] = self.log_decay[step - 1] + math.log1p(-lr * decay)
+        self.log_decay[step] = self.log_decay[step - 1] + math.log1p(-lr * consts[3])
         # Fills, not a host-to-device copy: no sync with the GPU.
-        for j, value in enumerate((lr, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step), self.log_decay[step])):
+        for j, value in enumerate((lr, *bias_corrections(lr, consts[0], consts[1], step), self.log_decay[step])):
             self.hist[step, j].fill_(value)
         self.count.fill_(step)
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
@@ -170,8 +165,8 @@ class LazyRows:
             scale = self.opt.grad_scale
             self.kernels.step_rows[(self.rows,)](
                 self.g, self.p, self.m, self.v, self.last, self.touched, self.count, self.hist,
-                scale if scale is not None else self.g, self.width, beta1, beta2, float(self.group["eps"]),
-                float(self.group["weight_decay"]), HAS_SCALE=scale is not None, BLOCK=triton_block(self.width))
+                scale if scale is not None else self.g, self.width, *consts, HAS_SCALE=scale is not None,
+                BLOCK=triton_block(self.width))
             return
         rows = self.touched.nonzero().squeeze(1)
         self._replay(rows, step - 1)  # only after a claim made on another rank (DDP)

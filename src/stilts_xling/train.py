@@ -139,10 +139,15 @@ def _optimizer(model: torch.nn.Module, hp: TrainConfig, fused: bool, flat: bool 
     return torch.optim.AdamW(groups, lr=hp.lr, eps=1e-8, fused=fused)
 
 
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def up_to_date(optimizer: Any) -> None:
     """FlatAdamW's deferred embedding rows (speed.lazy_embedding) brought up to date: before anything reads
     the parameters whole (evaluation snapshots, checkpoints)."""
-    flush = getattr(getattr(optimizer, "optimizer", optimizer), "flush", None)
+    flush = getattr(_inner(optimizer), "flush", None)
     if flush is not None:
         flush()
 
@@ -249,7 +254,7 @@ def train_step(model: Any, task: str, micro_batches: list[MicroBatch], optimizer
             else:
                 scaled.backward()
         losses.append(loss.detach())
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    inner = _inner(optimizer)
     if max_grad_norm and not clip_in_step(inner, max_grad_norm):
         clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
         clip(model.parameters(), max_grad_norm)
@@ -438,7 +443,7 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     bar.close()
     batches.close()
     plan.close()
-    if isinstance(inner := getattr(optimizer, "optimizer", optimizer), FlatAdamW):
+    if isinstance(inner := _inner(optimizer), FlatAdamW):
         inner.release()  # the saved encoder needs tensors of its own, not views of one buffer
     if best_state is not None:
         par.load_model_state(model, best_state, from_rank0=True)
