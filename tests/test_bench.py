@@ -38,6 +38,8 @@ def test_report_has_the_documented_keys_with_positive_numbers(report):
         "real_tokens_per_s"]
     variants = report["shapes"]["mnli"]["variants"]
     assert variants["unpadded"]["unpadded"] is True
+    assert variants["unpadded"]["attention"] == "padded SDPA per sequence"  # the varlen kernels are CUDA-only
+    assert variants["padded"]["attention"] is None
     assert variants["unpadded"]["optimizer"] == "AdamW"  # not fused on the CPU
     assert variants["unpadded+flat"]["optimizer"] == "FlatAdamW (torch kernels)"  # Triton only on CUDA
     assert variants["unpadded+flat+lazy"]["optimizer"] == "FlatAdamW (torch kernels), lazy embedding rows"

@@ -244,31 +244,107 @@ def test_unsupported_model_falls_back_to_padded(caplog):
     assert "cu_seqlens" not in batch
 
 
+def test_packed_rows_on_cpu_use_padded_sdpa_whatever_kernel_is_asked_for():
+    from stilts_xling.packing import select_attention
+
+    assert select_attention(torch.device("cpu"), "cudnn") is None
+    model, _ = _model("classification")
+    for attention in ("flash", "cudnn"):
+        plan = prepare(model, SpeedConfig(unpadded=True, attention=attention), torch.device("cpu"), False, PAD, 64)
+        assert plan.unpadded and plan.attention == "padded SDPA per sequence"
+        plan.close()
+    assert prepare(model, SpeedConfig(), torch.device("cpu"), False, PAD, 64).attention is None
+
+
+def test_cudnn_attention_without_packed_rows_is_a_config_error():
+    from stilts_xling.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"speed\.attention: cudnn needs speed\.unpadded: true"):
+        load_config(SMOKE, ["speed.attention=cudnn", "speed.unpadded=false"])
+    with pytest.raises(ConfigError, match=r"speed\.attention: 'triton' is not one of 'flash', 'cudnn'"):
+        load_config(SMOKE, ["speed.attention=triton"])
+
+
+# Stand-ins for a varlen kernel ([T, H, D] q, k, v, cu_seqlens, max_len, dropout, scale), to show that the
+# self-test catches each way a real one could go wrong. The reference: per sequence, plain autograd, its
+# dropout mask drawn once and kept by autograd for the backward.
+def _reference_varlen(q, k, v, cu, max_len, dropout, scale, mask_seed=None):
+    outs = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        qs, ks, vs = (x[a:b].float().transpose(0, 1) for x in (q, k, v))
+        probs = torch.softmax(qs @ ks.transpose(1, 2) * scale, dim=-1)
+        if dropout:
+            gen = torch.Generator().manual_seed(mask_seed) if mask_seed is not None else None
+            keep = torch.rand(probs.shape, generator=gen) >= dropout
+            probs = probs * keep / (1 - dropout)
+        outs.append((probs @ vs).transpose(0, 1))
+    return torch.cat(outs).to(q.dtype)
+
+
+class _FreshMaskInBackward(torch.autograd.Function):
+    """Drops with one mask forward and recomputes the backward with another: the bug the self-test's
+    dropout identity is there for."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, dropout, scale):
+        ctx.save_for_backward(q, k, v, cu)
+        ctx.args = (max_len, dropout, scale)
+        return _reference_varlen(q, k, v, cu, max_len, dropout, scale, mask_seed=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, cu = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+            out = _reference_varlen(*inputs, cu, *ctx.args, mask_seed=2)
+        return (*torch.autograd.grad(out, inputs, grad), None, None, None, None)
+
+
+@pytest.mark.parametrize("kernel,problem", [
+    (_reference_varlen, None),
+    (lambda q, k, v, cu, n, p, s: _reference_varlen(q, k, v, cu, n, p, 1.3 * s), "output differs"),
+    (lambda q, k, v, cu, n, p, s: _reference_varlen(q, k, v, cu, n, 0.0, s), "dropout 0.5 left the output unchanged"),
+    (_FreshMaskInBackward.apply, "the backward's mask is not the forward's"),
+    (lambda q, k, v, cu, n, p, s: _reference_varlen(q, k.detach() + 0 * k, v, cu, n, p, s), "dk differs"),
+], ids=["correct", "wrong-scale", "ignores-dropout", "other-mask-in-backward", "no-key-gradient"])
+def test_varlen_self_test_passes_a_correct_kernel_and_names_each_fault(kernel, problem):
+    from stilts_xling.packing import self_test
+
+    found = self_test(kernel, "cpu")
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
 # ---------------------------------------------------------------------------------------------------
-# CUDA: the flash varlen kernels and CUDA graphs (run by scripts/gpu_bench.sh on a lent GPU).
+# CUDA: the varlen kernels and CUDA graphs (run by scripts/gpu_bench.sh on a lent GPU).
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.gpu
 @gpu
-def test_flash_varlen_agrees_with_sdpa_on_cuda():
-    from stilts_xling.speed import flash_available
+@pytest.mark.parametrize("attention", ["flash", "cudnn"])
+def test_varlen_kernel_agrees_with_sdpa_on_cuda(attention):
+    from stilts_xling.packing import KERNELS, select_attention, self_test
 
-    assert flash_available(torch.device("cuda"))
+    assert self_test(KERNELS[attention], "cuda") is None
+    assert select_attention(torch.device("cuda"), attention) == attention
 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("attention", ["flash", "cudnn"])
 @pytest.mark.parametrize("kind,choices", [("classification", 0), ("choice", 4)])
-def test_packed_bf16_on_cuda_matches_padded(kind, choices):
+def test_packed_bf16_on_cuda_matches_padded(kind, choices, attention):
     model, task = _model(kind)
     model = model.cuda().eval()
     feats = _features(9, seed=1, choices=choices)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         padded = _loss_and_grads(model, task, {k: v.cuda() for k, v in collate(feats, PAD).items()})
-        plan = prepare(model, SpeedConfig(unpadded=True), torch.device("cuda"), True, PAD, 64)
-        assert plan.unpadded
+        plan = prepare(model, SpeedConfig(unpadded=True, attention=attention), torch.device("cuda"), True, PAD, 64)
+        assert plan.unpadded and plan.attention == f"{attention} varlen"
         batch, _, _ = plan.collate(feats, len(feats) * max(1, choices))
         packed = _loss_and_grads(model, task, {k: v.cuda() for k, v in batch.items()})
     plan.close()
@@ -280,12 +356,16 @@ def test_packed_bf16_on_cuda_matches_padded(kind, choices):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("compile_layers,fused_wgrad", [(False, False), (True, False), (False, True), (True, True)],
-                         ids=["eager-layers", "compiled-layers", "eager-layers-fused-wgrad", "compiled-layers-fused-wgrad"])
-def test_cuda_graph_gradients_equal_eager_gradients(compile_layers, fused_wgrad):
+@pytest.mark.parametrize("compile_layers,fused_wgrad,attention",
+                         [(False, False, "flash"), (True, False, "flash"), (False, True, "flash"), (True, True, "flash"),
+                          (False, False, "cudnn"), (True, True, "cudnn")],
+                         ids=["eager-layers", "compiled-layers", "eager-layers-fused-wgrad", "compiled-layers-fused-wgrad",
+                              "eager-layers-cudnn", "compiled-layers-fused-wgrad-cudnn"])
+def test_cuda_graph_gradients_equal_eager_gradients(compile_layers, fused_wgrad, attention):
     """Gradients replayed from CUDA graphs (dropout off) equal the eager packed ones, accumulate over two
     micro batches of different buckets, and replay identically; replacing .grad tensors is refused. With
-    fused_wgrad the linear layers' weight gradients come from the GEMM's own fp32 accumulation."""
+    fused_wgrad the linear layers' weight gradients come from the GEMM's own fp32 accumulation; with cuDNN's
+    attention, compiled layers break around it (it has no fake kernel to trace)."""
     from stilts_xling.config import TrainConfig, merge_train
     from stilts_xling.speed import MicroBatch
     from stilts_xling.train import _linear_schedule, _optimizer, train_step
@@ -296,7 +376,9 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers, fused_wgrad)
         model, task = _model("classification")
         model = no_dropout(model.cuda().train())
         plan = prepare(model, SpeedConfig(unpadded=True, cuda_graphs=graphs, compile=compile_layers and graphs,
-                                          fused_wgrad=fused_wgrad and graphs), torch.device("cuda"), True, PAD, 64)
+                                          fused_wgrad=fused_wgrad and graphs, attention=attention),
+                       torch.device("cuda"), True, PAD, 64)
+        assert plan.attention == f"{attention} varlen"
         assert bool(plan.graphs and plan.graphs.fused_linears) == (fused_wgrad and graphs)
         assert (plan.graphs is not None) == graphs and (plan.keep_grads is None) == (not graphs)
         out = []

@@ -58,6 +58,10 @@ VARIANTS = {
     # ... and word-embedding rows stepped when looked up, not all 250k every step (exact; lazy_rows.py).
     "unpadded+graphs+compile+flat+wgrad+lazy": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
                                                            flat_adamw=True, fused_wgrad=True, lazy_embedding=True),
+    # ... with cuDNN's varlen attention instead of flash-attention 2's (smaller tiles for short sequences).
+    "unpadded+graphs+compile+flat+wgrad+lazy+cudnn": SpeedConfig(
+        unpadded=True, cuda_graphs=True, compile=True, workers=1, flat_adamw=True, fused_wgrad=True,
+        lazy_embedding=True, attention="cudnn"),
     "unpadded+compile": SpeedConfig(unpadded=True, compile=True, workers=1),
     "unpadded": SpeedConfig(unpadded=True, workers=1),
     "unpadded+flat": SpeedConfig(unpadded=True, workers=1, flat_adamw=True),
@@ -88,7 +92,9 @@ def _peak_gb(device: torch.device) -> dict[str, Optional[float]]:
     if device.type != "cuda":
         return {"peak_memory_gb": None, "peak_reserved_gb": None}
     return {"peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30,
-            "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2 ** 30}
+            "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2 ** 30,
+            # Reserved but unusable for a larger request: the allocator's fragmentation at its worst.
+            "peak_inactive_split_gb": torch.cuda.memory_stats(device).get("inactive_split_bytes.all.peak", 0) / 2 ** 30}
 
 
 def _matmul_params(tiny: bool) -> int:
@@ -170,11 +176,12 @@ def run_stilts(shape: Shape, features: list[dict], speed: SpeedConfig, batch_siz
     profiled = profile_steps(lambda: step(*next(batches)), profile, device) if profile else None
     result = {
         "speed": dataclasses.asdict(speed), "unpadded": plan.unpadded, "cuda_graphs": plan.graphs is not None,
-        "compiled": bool(plan.compiled), "optimizer": _optimizer_kind(optimizer),
+        "compiled": bool(plan.compiled), "attention": plan.attention, "optimizer": _optimizer_kind(optimizer),
         "fused_wgrad_layers": len(plan.graphs.fused_linears) if plan.graphs else 0,
         "fused_wgrad_in_gemm": into_grad._ADDMM_OUT_DTYPE.get(device.type),  # None: never asked
         "graph_buckets": sorted(k for k, e in plan.graphs.entries.items() if e is not None) if plan.graphs else [],
         "graph_failures": plan.graphs.failed if plan.graphs else [],
+        "graph_pool_gb": plan.graphs.pool_gb() if plan.graphs else None,
         **_rates(samples, real, computed, elapsed, steps), "loss": loss, **_peak_gb(device), "setup_s": setup_s,
         **({"profile": profiled} if profiled else {}),
     }

@@ -170,6 +170,10 @@ class SpeedConfig:
     # With cuda_graphs: linear layers accumulate weight gradients into the fp32 .grad inside the GEMM
     # (into_grad.py), saving a cast and an add kernel per weight per micro batch.
     fused_wgrad: bool = False
+    # With unpadded on CUDA: the varlen attention kernel of packed rows. flash: flash-attention 2; cudnn: cuDNN's
+    # fused attention, whose smaller tiles waste less on short sequences. Either is checked against SDPA once per
+    # device (packing._self_test); one that fails gives way to flash, then to per-sequence padded SDPA.
+    attention: Literal["flash", "cudnn"] = "flash"
 
 
 @dataclass
@@ -369,6 +373,9 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                       "the single-process graph run, whose .grad tensors stay in place)")
     if sp.lazy_embedding and not sp.flat_adamw:
         errors.append("speed.lazy_embedding: needs speed.flat_adamw: true (the deferred rows live in its buffers)")
+    if sp.attention != "flash" and not sp.unpadded:
+        errors.append(f"speed.attention: {sp.attention} needs speed.unpadded: true (it is the packed rows' kernel; "
+                      "padded batches take SDPA's own choice)")
     if cfg.distributed.strategy == "fsdp":
         errors += fsdp_problems(cfg)
     for key in ("k", "batch_size", "max_length"):

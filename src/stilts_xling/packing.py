@@ -2,10 +2,11 @@
 behind `speed.unpadded` and `speed.cuda_graphs` (speed.py decides when to use it).
 
 A packed micro batch is every real token in one row, with per-sequence position ids and cu_seqlens
-(data.collate_packed). Attention stays within each sequence: flash-attention varlen from the kernels
-PyTorch's SDPA uses itself on CUDA in bf16/fp16 (checked against SDPA once per device), per-sequence padded
-SDPA elsewhere. `PackedEncoder` runs the encoder that way and hands the heads the padded [rows, L, H] layout;
-with `_Graphs` it replays one captured forward and backward graph per packed-length bucket.
+(data.collate_packed). Attention stays within each sequence: on CUDA in bf16/fp16 a varlen kernel of those
+PyTorch's SDPA uses itself (flash-attention 2, or cuDNN's fused attention with `speed.attention: cudnn`),
+checked against SDPA once per device, forward, backward and dropout; per-sequence padded SDPA elsewhere.
+`PackedEncoder` runs the encoder that way and hands the heads the padded [rows, L, H] layout; with `_Graphs`
+it replays one captured forward and backward graph per packed-length bucket.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ ATTENTION = "stilts_varlen"  # the name registered with transformers' AttentionI
 # Encoders whose embeddings take explicit position_ids and whose attention goes through AttentionInterface,
 # with the first position id of a sequence: RoBERTa-style models count from padding_idx + 1.
 _PACKABLE = {"xlm-roberta": "pad+1", "roberta": "pad+1", "camembert": "pad+1", "bert": "zero"}
-_FLASH_OK: dict[int, bool] = {}  # CUDA device index -> the varlen flash kernels passed the self-test
+_PASSED: dict[tuple[str, int], bool] = {}  # (kernel, CUDA device index) -> it passed the self-test
+_CHOSEN: dict[int, Optional[str]] = {}  # CUDA device index -> the varlen kernel packed rows use; None: padded SDPA
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -52,6 +54,40 @@ class _FlashVarlen(torch.autograd.Function):
             grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, ctx.dropout, False,
             seed, offset, scale=ctx.scale)
         return dq, dk, dv, None, None, None, None
+
+
+class _CudnnVarlen(torch.autograd.Function):
+    """cuDNN's fused attention over packed sequences (aten._cudnn_attention_forward/backward with
+    cumulative sequence lengths), with dropout. Why a second kernel: on Hopper flash-attention 2's backward
+    tiles 128 x 128, so an MNLI sequence of ~46 tokens fills an eighth of its tile; cuDNN's tiles 64 x 64
+    (the padded path's profile on an H200 shows it). Its logsumexp layout differs across PyTorch releases:
+    it only travels from this forward to this backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len: int, dropout: float, scale: float):
+        out, lse, _, _, _, _, seed, offset, _ = torch.ops.aten._cudnn_attention_forward(
+            q, k, v, None, cu, cu, max_len, max_len, True, dropout, False, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
+        ctx.max_len, ctx.dropout, ctx.scale = max_len, dropout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
+        # attn_bias=None: an undefined tensor, which the op reads as "no bias".
+        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, seed, offset, None, cu, cu, ctx.max_len, ctx.max_len,
+            ctx.dropout, False, scale=ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+@torch.compiler.disable  # aten._cudnn_attention_forward has no fake kernel to trace: compiled layers break here
+def _cudnn_varlen(q, k, v, cu, max_len: int, dropout: float, scale: float) -> torch.Tensor:
+    return _CudnnVarlen.apply(q, k, v, cu, max_len, dropout, scale)
+
+
+# The varlen kernels packed rows can use on CUDA ([T, H, D] in and out), by `speed.attention` name.
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"flash": _FlashVarlen.apply, "cudnn": _cudnn_varlen}
 
 
 def _segment_sdpa(query, key, value, cu, max_len: int, dropout: float, scale: Optional[float]):
@@ -87,10 +123,11 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _FLASH_OK.get(query.device.index):
+    kernel = _CHOSEN.get(query.device.index) if query.is_cuda else None
+    if kernel is not None and query.dtype in (torch.float16, torch.bfloat16):
         q, k, v = (x.transpose(1, 2)[0] for x in (query, key, value))  # [1, H, T, D] -> [T, H, D], no copy
         scale = scaling if scaling is not None else query.size(-1) ** -0.5
-        out = _FlashVarlen.apply(q, k, v, cu, kwargs["max_length_q"], dropout, scale)
+        out = KERNELS[kernel](q, k, v, cu, kwargs["max_length_q"], dropout, scale)
         return out.unsqueeze(0), None
     return _segment_sdpa(query, key, value, cu, kwargs["max_length_q"], dropout, scaling), None
 
@@ -103,39 +140,76 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # padded batches get sdpa's mask; packed ones none
 
 
-def flash_available(device: torch.device) -> bool:
-    """Whether the varlen flash kernels run and agree with SDPA on this device (checked once)."""
+def select_attention(device: torch.device, preferred: str = "flash") -> Optional[str]:
+    """The varlen kernel packed rows use on `device` from now on: `preferred` if it passes its self-test,
+    else flash-attention, else None (per-sequence padded SDPA). Each kernel is tested once per device."""
     if device.type != "cuda":
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _FLASH_OK:
+        return None
+    index = _index(device)
+    chosen = next((name for name in dict.fromkeys([preferred, "flash"]) if _passes(name, index)), None)
+    if chosen != preferred:
+        log.warning("%s varlen attention unavailable on cuda:%d; packed rows use %s", preferred, index,
+                    f"{chosen} varlen attention" if chosen else "padded SDPA")
+    _CHOSEN[index] = chosen
+    return chosen
+
+
+def chosen_attention(device: torch.device) -> str:
+    """What packed rows on `device` run, in words (for benchmarks and logs)."""
+    kernel = _CHOSEN.get(_index(device)) if device.type == "cuda" else None
+    return f"{kernel} varlen" if kernel else "padded SDPA per sequence"
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _passes(kernel: str, index: int) -> bool:
+    if (kernel, index) not in _PASSED:
         try:
-            _FLASH_OK[index] = torch.cuda.get_device_capability(index) >= (8, 0) and _flash_self_test(index)
-        except Exception as err:  # any kernel/dispatch problem means: use the fallback
-            log.warning("flash-attention varlen unavailable (%s); packed rows use padded SDPA", err)
-            _FLASH_OK[index] = False
-    return _FLASH_OK[index]
+            # Its dropout draws must not shift the training run's random stream.
+            with torch.random.fork_rng(devices=[index]):
+                problem = ("needs compute capability 8.0" if torch.cuda.get_device_capability(index) < (8, 0)
+                           else self_test(KERNELS[kernel], f"cuda:{index}"))
+        except Exception as err:  # any kernel/dispatch problem means: not this kernel
+            problem = f"{type(err).__name__}: {err}"
+        if problem:
+            log.warning("%s varlen attention failed its self-test on cuda:%d: %s", kernel, index, problem)
+        _PASSED[kernel, index] = problem is None
+    return _PASSED[kernel, index]
 
 
-def _flash_self_test(index: int) -> bool:
-    gen = torch.Generator(device=f"cuda:{index}").manual_seed(0)
-    lengths, heads, dim = [5, 17, 64, 3, 1], 4, 64
-    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=f"cuda:{index}")
-    q, k, v = (torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen, dtype=torch.bfloat16)
+def self_test(run: Callable[..., torch.Tensor], device: str) -> Optional[str]:
+    """What is wrong with the varlen kernel `run` ([T, H, D] q, k, v, cu_seqlens, max_len, dropout, scale) on
+    `device`, or None. Without dropout: forward and gradients against fp32 SDPA per sequence. With dropout:
+    that it drops, and that the backward applies the forward's mask. out = D V is linear in V, so
+    <out, g> = <V, dV> for any g exactly when dV = D^T g with the forward's D; another mask misses by about
+    the size of the product itself."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    lengths, heads, dim = [5, 17, 64, 3, 1, 46], 4, 64
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+    q, k, v = (torch.randn(sum(lengths), heads, dim, device=device, generator=gen, dtype=torch.bfloat16)
                .requires_grad_() for _ in range(3))
-    weight = torch.randn(sum(lengths), heads, dim, device=f"cuda:{index}", generator=gen)
-    out = _FlashVarlen.apply(q, k, v, cu, 64, 0.0, dim ** -0.5)
+    weight = torch.randn(sum(lengths), heads, dim, device=device, generator=gen)
+    out = run(q, k, v, cu, 64, 0.0, dim ** -0.5)
     grads = torch.autograd.grad((out.float() * weight).sum(), (q, k, v))
     rq, rk, rv = (x.detach().float().requires_grad_() for x in (q, k, v))
     ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
         *(x[a:b].transpose(0, 1) for x in (rq, rk, rv))).transpose(0, 1)
         for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())])
     ref_grads = torch.autograd.grad((ref * weight).sum(), (rq, rk, rv))
-    ok = all(torch.allclose(a.float(), b, atol=3e-2, rtol=3e-2) for a, b in zip((out, *grads), (ref, *ref_grads)))
-    if not ok:
-        log.warning("flash-attention varlen disagrees with SDPA on cuda:%d; packed rows use padded SDPA",
-                    index)
-    return ok
+    for name, got, want in zip(("output", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads)):
+        if not torch.allclose(got.float(), want, atol=3e-2, rtol=3e-2):
+            return f"{name} differs from SDPA's by up to {(got.float() - want).abs().max().item():.3g}"
+    out = run(q, k, v, cu, 64, 0.5, dim ** -0.5)
+    if torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2):
+        return "dropout 0.5 left the output unchanged"
+    (dv,) = torch.autograd.grad((out.float() * weight).sum(), (v,))
+    forward, backward = (out.float() * weight).sum().item(), (v.float() * dv.float()).sum().item()
+    typical = (out.float().norm() * weight.norm()).item() / weight.numel() ** 0.5  # one such product's size
+    if abs(forward - backward) > 0.05 * typical:
+        return f"with dropout the backward's mask is not the forward's (<out, g> {forward:.4g}, <v, dv> {backward:.4g})"
+    return None
 
 
 def position_offset(config: Any) -> Optional[int]:
@@ -289,6 +363,16 @@ class _Graphs:
         e.out = out.detach()
         log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
         return e
+
+    def pool_gb(self) -> Optional[float]:
+        """What the graphs' pool holds from the device now (GiB), or None where this torch cannot say: with
+        the peak reserved figure, it tells the graphs' memory from the rest of the step's."""
+        if self.mempool is None:
+            return None
+        try:
+            return sum(s["total_size"] for s in torch.cuda.memory_snapshot(self.mempool.id)) / 2 ** 30
+        except Exception:  # torch before 2.6 takes no pool id
+            return None
 
     def close(self) -> None:
         """The linear layers' own forward back; the captured graphs are not replayed after this."""

@@ -39,7 +39,7 @@ def category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES.items() if any(k in low for k in keys)), "other")
 
 
-def profile_steps(run_step: Callable[[], None], steps: int, device: torch.device, top: int = 15) -> dict:
+def profile_steps(run_step: Callable[[], None], steps: int, device: torch.device, top: int = 40) -> dict:
     """{"steps", "wall_ms_per_step", "busy_ms_per_step", "categories": {cat: ms/step}, "top": [{"name",
     "category", "ms_per_step", "calls_per_step"}]}; busy = summed self time of kernels (CUDA) or operators
     (CPU), so on CUDA wall - busy is time the GPU had nothing to run."""
@@ -75,9 +75,10 @@ def profile_steps(run_step: Callable[[], None], steps: int, device: torch.device
     }
 
 
-def format_profile(label: str, prof: dict) -> str:
+def format_profile(label: str, prof: dict, top: int = 15) -> str:
+    """The categories and the `top` kernels (the JSON keeps more: a device session is too short to rerun)."""
     lines = [f"{label}: wall {prof['wall_ms_per_step']:.1f} ms/step, busy {prof['busy_ms_per_step']:.1f} ms/step; "
              + ", ".join(f"{k} {v:.2f}" for k, v in prof["categories"].items())]
     lines += [f"  {r['ms_per_step']:8.3f} ms  {r['calls_per_step']:7.1f}x  [{r['category']}] {r['name']}"
-              for r in prof["top"]]
+              for r in prof["top"][:top]]
     return "\n".join(lines)

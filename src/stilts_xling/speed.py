@@ -6,8 +6,9 @@ launches a step leave the GPU idle most of the time. So:
 
 - `unpadded`: the real tokens of a micro batch go into one row (data.collate_packed) with per-sequence
   position ids; attention stays within each sequence (flash-attention varlen from PyTorch's own kernels on
-  CUDA in bf16/fp16, per-sequence padded SDPA elsewhere). Falls back to padded batches, with a warning, for a
-  model this has not been checked on or when the packed and padded encoders disagree at start-up.
+  CUDA in bf16/fp16, or cuDNN's with `attention: cudnn`; per-sequence padded SDPA elsewhere). Falls back to
+  padded batches, with a warning, for a model this has not been checked on or when the packed and padded
+  encoders disagree at start-up.
 - `token_budget`: micro batches capped by tokens instead of count; the optimizer step still sees
   `batch_size` examples, each micro batch's loss weighted by its share of the step's loss terms.
 - `cuda_graphs`: the encoder's forward and backward are captured once per packed-length bucket and
@@ -41,7 +42,7 @@ import torch
 
 from .config import SpeedConfig  # noqa: F401  (re-exported: the loop and the bench take it from here)
 from .evaluate import autocast
-from .packing import ATTENTION, PackedEncoder, _Graphs, _register, flash_available, position_offset
+from .packing import ATTENTION, PackedEncoder, _Graphs, _register, chosen_attention, position_offset, select_attention
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class SpeedPlan:
         self.encoder = model.encoder
         self.max_seqlen = max(64, -(-max_seqlen // 64) * 64)  # also the longest filler piece
         self.unpadded = speed.unpadded and self._enable_unpadded(bf16)
+        # What packed rows' attention runs (None: padded batches), for benchmarks and the run log.
+        self.attention = (chosen_attention(device) if self.bf16 else "padded SDPA per sequence") if self.unpadded else None
         self.graphs: Optional[_Graphs] = None
         if speed.cuda_graphs:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
@@ -159,7 +162,7 @@ class SpeedPlan:
             return False
         _register()
         if self.device.type == "cuda" and bf16:
-            flash_available(self.device)
+            select_attention(self.device, self.speed.attention)
         self.previous_attention = config._attn_implementation
         self.encoder.set_attn_implementation(ATTENTION)
         problem = self._check_packed(bf16)

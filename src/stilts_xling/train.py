@@ -319,6 +319,8 @@ def train(model: Any, tasks: list[TaskData], hp: TrainConfig, sampler: SamplerCo
     optimizer = par.prepare(optimizer)
     if not fsdp:
         plan = prepare(accelerator.unwrap_model(model), speed, device, bf16, pad_id, max_seqlen)
+    if plan.unpadded:
+        log.info("speed.unpadded: packed rows, attention by %s", plan.attention)
     max_rows = {n: micro[n] * rows_per_feature(by_name[n].train) for n in names}
     rng = random.Random(seed)
     # Drawn up front so that batches can be collated ahead; the same draws as one per step.
