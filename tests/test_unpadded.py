@@ -317,6 +317,21 @@ def test_varlen_self_test_passes_a_correct_kernel_and_names_each_fault(kernel, p
         assert found is not None and problem in found
 
 
+def test_compiled_layers_trace_the_flash_varlen_kernel_whole_forward_and_backward():
+    """On meta tensors (the aten flash ops have meta kernels): one graph, no break, gradients for q, k, v, so
+    `speed.compile` fuses around attention. cuDNN's op has no meta kernel; its wrapper is compiler-disabled."""
+    from stilts_xling.packing import KERNELS
+
+    q, k, v = (torch.randn(40, 4, 64, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 10, 40], dtype=torch.int32, device="meta")
+
+    def layer(q, k, v, cu):
+        return KERNELS["flash"](q * 2, k, v, cu, 64, 0.1, 0.125).float().sum()
+
+    torch.compile(layer, backend="aot_eager", fullgraph=True)(q, k, v, cu).backward()
+    assert all(x.grad is not None and x.grad.shape == x.shape for x in (q, k, v))
+
+
 # ---------------------------------------------------------------------------------------------------
 # CUDA: the varlen kernels and CUDA graphs (run by scripts/gpu_bench.sh on a lent GPU).
 

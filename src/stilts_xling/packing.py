@@ -35,59 +35,67 @@ _CHOSEN: dict[int, Optional[str]] = {}  # CUDA device index -> the varlen kernel
 # Attention over packed rows.
 
 
-class _FlashVarlen(torch.autograd.Function):
-    """Flash attention over packed sequences (cu_seqlens) with dropout, from the kernels PyTorch's SDPA
-    uses itself (aten._flash_attention_forward/backward), so no flash_attn package is needed."""
+# Varlen attention over packed sequences ([T, H, D] q, k, v and out; cu_seqlens), with dropout, from the kernels
+# PyTorch's SDPA uses itself, so no flash_attn package is needed. Each kernel is a forward that returns
+# (out, lse, philox seed, philox offset) and a backward that takes them back; _Varlen is their autograd.
 
+
+def _flash_forward(q, k, v, cu, max_len, dropout, scale):
+    out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, max_len, max_len, dropout, False, False, scale=scale)
+    return out, lse, seed, offset
+
+
+def _flash_backward(grad, q, k, v, out, lse, cu, seed, offset, max_len, dropout, scale):
+    return torch.ops.aten._flash_attention_backward(
+        grad, q, k, v, out, lse, cu, cu, max_len, max_len, dropout, False, seed, offset, scale=scale)
+
+
+# cuDNN's fused attention. Why a second kernel: on Hopper flash-attention 2's backward tiles 128 x 128, so an
+# MNLI sequence of ~46 tokens fills an eighth of its tile; cuDNN's tile 64 x 64 (the padded path's profile on
+# an H200 shows them). Its logsumexp layout differs across PyTorch releases: it only goes from this forward to
+# this backward.
+def _cudnn_forward(q, k, v, cu, max_len, dropout, scale):
+    out, lse, _, _, _, _, seed, offset, _ = torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu, cu, max_len, max_len, True, dropout, False, False, scale=scale)
+    return out, lse, seed, offset
+
+
+def _cudnn_backward(grad, q, k, v, out, lse, cu, seed, offset, max_len, dropout, scale):
+    # attn_bias=None: an undefined tensor, which the op reads as "no bias".
+    return torch.ops.aten._cudnn_attention_backward(
+        grad, q, k, v, out, lse, seed, offset, None, cu, cu, max_len, max_len, dropout, False, scale=scale)
+
+
+_VARLEN_OPS = {"flash": (_flash_forward, _flash_backward), "cudnn": (_cudnn_forward, _cudnn_backward)}
+
+
+class _Varlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu, max_len: int, dropout: float, scale: float):
-        out, lse, seed, offset, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_len, max_len, dropout, False, False, scale=scale)
+    def forward(ctx, kernel: str, q, k, v, cu, max_len: int, dropout: float, scale: float):
+        out, lse, seed, offset = _VARLEN_OPS[kernel][0](q, k, v, cu, max_len, dropout, scale)
         ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
-        ctx.max_len, ctx.dropout, ctx.scale = max_len, dropout, scale
+        ctx.kernel, ctx.max_len, ctx.dropout, ctx.scale = kernel, max_len, dropout, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
-        dq, dk, dv = torch.ops.aten._flash_attention_backward(
-            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, ctx.dropout, False,
-            seed, offset, scale=ctx.scale)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _VARLEN_OPS[ctx.kernel][1](grad.contiguous(), *ctx.saved_tensors, ctx.max_len, ctx.dropout,
+                                                ctx.scale)
+        return None, dq, dk, dv, None, None, None, None
 
 
-class _CudnnVarlen(torch.autograd.Function):
-    """cuDNN's fused attention over packed sequences (aten._cudnn_attention_forward/backward with
-    cumulative sequence lengths), with dropout. Why a second kernel: on Hopper flash-attention 2's backward
-    tiles 128 x 128, so an MNLI sequence of ~46 tokens fills an eighth of its tile; cuDNN's tiles 64 x 64
-    (the padded path's profile on an H200 shows it). Its logsumexp layout differs across PyTorch releases:
-    it only travels from this forward to this backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len: int, dropout: float, scale: float):
-        out, lse, _, _, _, _, seed, offset, _ = torch.ops.aten._cudnn_attention_forward(
-            q, k, v, None, cu, cu, max_len, max_len, True, dropout, False, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
-        ctx.max_len, ctx.dropout, ctx.scale = max_len, dropout, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
-        # attn_bias=None: an undefined tensor, which the op reads as "no bias".
-        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-            grad.contiguous(), q, k, v, out, lse, seed, offset, None, cu, cu, ctx.max_len, ctx.max_len,
-            ctx.dropout, False, scale=ctx.scale)
-        return dq, dk, dv, None, None, None, None
+def _flash_varlen(q, k, v, cu, max_len: int, dropout: float, scale: float) -> torch.Tensor:
+    return _Varlen.apply("flash", q, k, v, cu, max_len, dropout, scale)
 
 
 @torch.compiler.disable  # aten._cudnn_attention_forward has no fake kernel to trace: compiled layers break here
 def _cudnn_varlen(q, k, v, cu, max_len: int, dropout: float, scale: float) -> torch.Tensor:
-    return _CudnnVarlen.apply(q, k, v, cu, max_len, dropout, scale)
+    return _Varlen.apply("cudnn", q, k, v, cu, max_len, dropout, scale)
 
 
-# The varlen kernels packed rows can use on CUDA ([T, H, D] in and out), by `speed.attention` name.
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {"flash": _FlashVarlen.apply, "cudnn": _cudnn_varlen}
+# The varlen kernels packed rows can use on CUDA, by `speed.attention` name.
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"flash": _flash_varlen, "cudnn": _cudnn_varlen}
 
 
 def _segment_sdpa(query, key, value, cu, max_len: int, dropout: float, scale: Optional[float]):
