@@ -78,7 +78,7 @@ cat "$NAME.txt" >&2
 
 if [[ $TINY == 0 ]] && "$PY" -c "import pytest" 2>/dev/null; then
   echo "== CUDA tests of the unpadded path" >&2
-  timeout -k 10 120 "$PY" -m pytest -q -x -m gpu tests/test_unpadded.py tests/test_flat_adamw.py tests/test_lazy_rows.py -p no:cacheprovider \
+  timeout -k 10 120 "$PY" -m pytest -q -m gpu tests/test_unpadded.py tests/test_flat_adamw.py tests/test_lazy_rows.py -p no:cacheprovider \
       -k "not compiled and not cudnn" 2>&1 | tail -25 | tee -a "$LOG" >&2
   # cuDNN's varlen attention apart: a kernel this torch/cuDNN lacks must not stop the tests above.
   timeout -k 10 60 "$PY" -m pytest -q -m gpu tests/test_unpadded.py -p no:cacheprovider -k "cudnn and not compiled" 2>&1 \

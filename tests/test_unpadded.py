@@ -442,6 +442,45 @@ def test_cuda_graph_gradients_equal_eager_gradients(compile_layers, fused_wgrad,
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("speed", [
+    SpeedConfig(unpadded=True),
+    SpeedConfig(unpadded=True, cuda_graphs=True),
+    SpeedConfig(unpadded=True, cuda_graphs=True, flat_adamw=True, fused_wgrad=True, lazy_embedding=True),
+], ids=["unpadded", "graphs", "graphs+flat+wgrad+lazy"])
+def test_training_steps_never_wait_for_the_gpu(speed):
+    """Once a batch shape is warm, a whole optimizer step (forward, backward, clipping, AdamW, schedule, zeroing)
+    makes no synchronizing CUDA call: torch.cuda.set_sync_debug_mode("error") raises at the first one."""
+    from stilts_xling.config import TrainConfig, merge_train
+    from stilts_xling.speed import MicroBatch
+    from stilts_xling.train import _linear_schedule, _optimizer, train_step
+
+    model, task = _model("classification")
+    model = model.cuda().train()
+    opt = _optimizer(model, merge_train(TrainConfig(lr=1e-4)), fused=True, flat=speed.flat_adamw,
+                     lazy=speed.lazy_embedding)
+    sched = _linear_schedule(opt, 2, 10)
+    plan = prepare(model, speed, torch.device("cuda"), True, PAD, 64)
+    steps = []
+    for seed in range(5):  # one bucket: the same number of packed tokens each step
+        batch, real, computed = plan.collate(_features(8, seed=seed, lo=20, hi=21), 8)
+        steps.append([MicroBatch(batch, 8, real, real, computed)])
+
+    def step(micro):
+        return train_step(model, task, micro, opt, sched, None, 1.0, torch.device("cuda"), True, plan.keep_grads)
+
+    losses = [step(m) for m in steps[:2]]  # capture, compilation, lazy rows' one-time gradient check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses += [step(m) for m in steps[2:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    plan.close()
+    assert all(torch.isfinite(loss).all() for step_losses in losses for loss in step_losses)
+
+
+@pytest.mark.gpu
+@gpu
 def test_later_bucket_warm_ups_reuse_the_graph_pool():
     """Capturing a smaller bucket after the largest one adds little reserved memory: its eager warm-up
     allocates from the graphs' pool, which the first capture left free, not a second copy of the
