@@ -194,7 +194,8 @@ def self_test(run: Callable[..., torch.Tensor], device: str) -> Optional[str]:
     <out, g> = <V, dV> for any g exactly when dV = D^T g with the forward's D; another mask misses by about
     the size of the product itself."""
     gen = torch.Generator(device=device).manual_seed(0)
-    lengths, heads, dim = [5, 17, 64, 3, 1, 46], 4, 64
+    # Trailing empty sequences as collate_packed pads cu_seqlens with (a fixed count per CUDA-graph bucket).
+    lengths, heads, dim = [5, 17, 64, 3, 1, 46, 0, 0], 4, 64
     cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
     q, k, v = (torch.randn(sum(lengths), heads, dim, device=device, generator=gen, dtype=torch.bfloat16)
                .requires_grad_() for _ in range(3))
