@@ -7,7 +7,7 @@
 # Leaves benchmarks/<device>-<date>.json (+ .txt table, .log) in the repo and in $OUT.
 #
 #   scripts/gpu_bench.sh            # on the GPU box
-#   scripts/gpu_bench.sh --quick    # MNLI only (Trainer, padded, graphs+compile+flat+wgrad(+lazy(+cudnn)), 16k), profiled; ~6 minutes
+#   scripts/gpu_bench.sh --quick    # MNLI only (Trainer, graphs+compile+flat+wgrad(+cudnn, +lazy, +both), 16k), profiled; ~7 minutes
 #   scripts/gpu_bench.sh --tiny     # anywhere (CPU ok): tiny model, a few steps, checks the script itself
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,15 +58,17 @@ if [[ $TINY == 1 ]]; then
   ARGS=(--tiny --steps 2 --warmup 1 --batch-size 4 --tokens-per-step 512 --time-budget 120)
   LIMIT=300
 elif [[ $QUICK == 1 ]]; then
-  ARGS=(--shapes mnli --steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 260 --profile 5
-        --variants padded,unpadded+graphs+compile+flat+wgrad,unpadded+graphs+compile+flat+wgrad+lazy,unpadded+graphs+compile+flat+wgrad+lazy+cudnn)
-  LIMIT=330
+  # The Trainer, then the fastest candidates only (a graphs variant takes ~60 s for both shapes, the padded
+  # loop ~40 s); cuDNN attention and lazy rows each alone on top of flat+wgrad, then both.
+  ARGS=(--shapes mnli --steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 270 --profile 5
+        --variants unpadded+graphs+compile+flat+wgrad,unpadded+graphs+compile+flat+wgrad+cudnn,unpadded+graphs+compile+flat+wgrad+lazy,unpadded+graphs+compile+flat+wgrad+lazy+cudnn)
+  LIMIT=340
 else
   # Trainer and the plain loop first, then CUDA graphs (+compile), each stilts run followed by 5 profiled
   # steps; no new run after 250 s, killed at 330 s (the JSON is rewritten after every run, so a cut keeps
   # what finished). The eager unpadded variants never finished inside the budget: `stilts bench` has them.
   ARGS=(--steps 30 --warmup 5 --batch-size 32 --tokens-per-step 16384 --time-budget 250 --profile 5
-        --variants padded,padded/32,unpadded+graphs,unpadded+graphs+compile,unpadded+graphs+compile+flat,unpadded+graphs+compile+flat+wgrad,unpadded+graphs+compile+flat+wgrad+lazy,unpadded+graphs+compile+flat+wgrad+lazy+cudnn)
+        --variants padded,padded/32,unpadded+graphs,unpadded+graphs+compile,unpadded+graphs+compile+flat,unpadded+graphs+compile+flat+wgrad,unpadded+graphs+compile+flat+wgrad+cudnn,unpadded+graphs+compile+flat+wgrad+lazy,unpadded+graphs+compile+flat+wgrad+lazy+cudnn)
   LIMIT=330
 fi
 timeout -k 10 "$LIMIT" "$PY" -m stilts_xling.bench "${ARGS[@]}" --out "$NAME.json" > "$NAME.stdout" 2> "$LOG"

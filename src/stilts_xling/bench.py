@@ -59,6 +59,8 @@ VARIANTS = {
     "unpadded+graphs+compile+flat+wgrad+lazy": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
                                                            flat_adamw=True, fused_wgrad=True, lazy_embedding=True),
     # ... with cuDNN's varlen attention instead of flash-attention 2's (smaller tiles for short sequences).
+    "unpadded+graphs+compile+flat+wgrad+cudnn": SpeedConfig(unpadded=True, cuda_graphs=True, compile=True, workers=1,
+                                                            flat_adamw=True, fused_wgrad=True, attention="cudnn"),
     "unpadded+graphs+compile+flat+wgrad+lazy+cudnn": SpeedConfig(
         unpadded=True, cuda_graphs=True, compile=True, workers=1, flat_adamw=True, fused_wgrad=True,
         lazy_embedding=True, attention="cudnn"),

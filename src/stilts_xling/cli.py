@@ -236,7 +236,8 @@ def bench(shapes: str = typer.Option("mnli,squad,hellaswag", help="comma-separat
                                               help="2-layer hidden-32 model or XLM-R Large (default: tiny on CPU)"),
           device: Optional[str] = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda when there is one)"),
           variants: Optional[str] = typer.Option(None, help="comma-separated stilts speed variants "
-                                                            "(default: all on CUDA, padded,unpadded on CPU)"),
+                                                            "(default: all on CUDA; padded, unpadded, unpadded+flat, "
+                                                            "unpadded+flat+lazy on CPU; a wrong name lists them all)"),
           tokens_per_step: int = typer.Option(16384, help="add an MNLI run with this many real tokens a step; 0: none"),
           trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="run the plain HF Trainer baseline"),
           time_budget: Optional[float] = typer.Option(None, help="start no new run after this many seconds"),
