@@ -113,3 +113,24 @@ def test_profile_reports_where_a_step_goes(tmp_path):
     assert category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert category("flash_fwd_kernel") == "attention"
     assert category("triton_per_fused_add_native_layer_norm_0") == "layernorm"
+
+
+def test_targets_judge_the_fastest_variant_and_look_for_one_that_is_fast_and_lean():
+    def run(samples, reserved, tokens=1500, mfu=None):
+        return {"samples_per_s": samples, "peak_reserved_gb": reserved, "real_tokens_per_step": tokens, "mfu_real": mfu}
+
+    mnli = {"trainer": run(100, 12.0),
+            "variants": {"fast": run(600, 13.0), "lean": run(520, 11.5), "slow": run(400, 10.0),
+                         "broken": {"error": "RuntimeError: boom"}}}
+    big = {"variants": {"fast": run(3000, 90.0, tokens=16500, mfu=0.41), "lean": run(2500, 60.0, tokens=16500, mfu=0.35)}}
+    report = {"shapes": {"mnli": mnli, "mnli@16k": big}}
+    for entry in report["shapes"].values():
+        bench._summarize(entry)
+    targets = bench._targets(report)
+    assert mnli["stilts"]["variant"] == "fast" and targets["mnli_b32_ratio_ge_5"] == {"value": 6.0, "met": True}
+    assert targets["mfu_real_ge_0.40_at_16k_tokens"] == {"shape": "mnli@16k", "value": 0.41, "met": True}
+    # The fastest variant holds more than the Trainer (13 / 12 GB); "lean" is 5.2x within 11.5 GB.
+    assert targets["peak_memory_le_trainer"] == {"ratios": {"mnli": 13.0 / 12.0}, "met": False}
+    assert targets["mnli_b32_5x_within_trainer_memory"] == {"variants": ["lean"], "met": True}
+    mnli["variants"]["lean"]["peak_reserved_gb"] = 12.5
+    assert bench._targets(report)["mnli_b32_5x_within_trainer_memory"] == {"variants": [], "met": False}
