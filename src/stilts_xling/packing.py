@@ -315,6 +315,7 @@ class _Graphs:
         self.entries: dict[tuple[int, int], Optional[SimpleNamespace]] = {}  # None: capture failed
         self.failed: list[str] = []
         self.anchor = torch.zeros((), device=device, requires_grad=True)  # lets autograd reach _Replay.backward
+        self.buffers: dict[str, torch.Tensor] = {}  # _shared's
         self.mode = {"capture_error_mode": "thread_local"} if "capture_error_mode" in inspect.signature(
             torch.cuda.graph.__init__).parameters else {}  # collate threads may pin memory meanwhile
 
@@ -359,19 +360,32 @@ class _Graphs:
                 # A zero output gradient: fused weight gradients (and anything else a backward adds into
                 # .grad) receive exact zeros, so a capture in the middle of a step changes no gradient.
                 torch.autograd.grad(out, self.small or self.params[:1], torch.zeros_like(out), allow_unused=True)
+                shape, dtype = out.shape, out.dtype
                 del out
         torch.cuda.current_stream().wait_stream(side)
+        e.out, e.grad_out = self._shared("out", shape, dtype), self._shared("grad_out", shape, dtype)
         e.fwd, e.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # The recorded backward then adds the word-embedding rows into .grad itself (see the Function).
         with torch.cuda.graph(e.fwd, pool=self.pool, stream=side, **self.mode), embedding_into_grad(self.encoder):
             with self._autocast():
                 out = self.encode(e.ids, e.pos, e.cu)
-        e.grad_out = torch.zeros_like(out)
+            e.out.copy_(out.detach())
         with torch.cuda.graph(e.bwd, pool=self.pool, stream=side, **self.mode):
             torch.autograd.backward(out, e.grad_out)
-        e.out = out.detach()
+        del out  # its pool block is free for later captures: e.out holds the result
         log.info("captured CUDA graphs for a packed length of %d tokens", ids.size(1))
         return e
+
+    def _shared(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """A view of one buffer per `name` that every bucket shares, as only one bucket is ever in flight: kept
+        per bucket, the encoder's output and its gradient cost ~25 buckets x T x 1024 x 4 bytes twice over. A
+        bucket larger than the buffer gets a new one (the graphs before keep theirs); reserve() captures the
+        largest bucket first."""
+        numel = shape.numel()
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+            buffer = self.buffers[name] = torch.zeros(numel, dtype=dtype, device=self.anchor.device)
+        return buffer[:numel].view(shape)
 
     def pool_gb(self) -> Optional[float]:
         """What the graphs' pool holds from the device now (GiB), or None where this torch cannot say: with
@@ -387,3 +401,4 @@ class _Graphs:
         """The linear layers' own forward back; the captured graphs are not replayed after this."""
         self.hooks.close()
         self.entries.clear()
+        self.buffers.clear()
