@@ -172,7 +172,7 @@ class SpeedConfig:
     fused_wgrad: bool = False
     # With unpadded on CUDA: the varlen attention kernel of packed rows. flash: flash-attention 2; cudnn: cuDNN's
     # fused attention, whose smaller tiles waste less on short sequences. Either is checked against SDPA once per
-    # device (packing._self_test); one that fails gives way to flash, then to per-sequence padded SDPA.
+    # device (packing.self_test); one that fails gives way to flash, then to per-sequence padded SDPA.
     attention: Literal["flash", "cudnn"] = "flash"
 
 
