@@ -31,6 +31,7 @@ from .flat_adamw import bias_corrections, constants, torch_adamw
 log = logging.getLogger(__name__)
 
 CAPACITY = 1 << 20  # optimizer steps whose lr and bias corrections are kept (12 MB)
+STEP_ROWS = 32  # rows per program of the step kernel: most programs find none of theirs claimed
 
 
 def tied_users(model: torch.nn.Module, embedding: torch.nn.Embedding) -> list[str]:
@@ -163,10 +164,10 @@ class LazyRows:
             self._check_gradient()
         if self.kernels is not None:
             scale = self.opt.grad_scale
-            self.kernels.step_rows[(self.rows,)](
+            self.kernels.step_rows[(-(-self.rows // STEP_ROWS),)](
                 self.g, self.p, self.m, self.v, self.last, self.touched, self.count, self.hist,
-                scale if scale is not None else self.g, self.width, *consts, HAS_SCALE=scale is not None,
-                BLOCK=triton_block(self.width))
+                scale if scale is not None else self.g, self.rows, self.width, *consts, HAS_SCALE=scale is not None,
+                ROWS=STEP_ROWS, BLOCK=triton_block(self.width))
             return
         rows = self.touched.nonzero().squeeze(1)
         self._replay(rows, step - 1)  # only after a claim made on another rank (DDP)
