@@ -120,3 +120,22 @@ def step_rows(g_ptr, p_ptr, m_ptr, v_ptr, last_ptr, touched_ptr, count_ptr, hist
                     tl.store(g_ptr + offs, tl.zeros_like(g), mask=mask)
                     tl.store(last_ptr + row, target)
                     tl.store(touched_ptr + row, 0)
+
+
+@triton.jit
+def claimed_squares(g_ptr, touched_ptr, out_ptr, rows, width, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per program, the sum of squares of the gradient over those of its ROWS rows that are claimed (grouped
+    as in step_rows): the deferred rows' share of the clipping norm, without reading the unclaimed ones."""
+    first = tl.program_id(0).to(tl.int64) * ROWS
+    flags = tl.load(touched_ptr + first + tl.arange(0, ROWS), mask=first + tl.arange(0, ROWS) < rows, other=0)
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    if tl.max(flags, axis=0) != 0:
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        for i in range(ROWS):
+            row = first + i
+            if row < rows:
+                if tl.load(touched_ptr + row) != 0:
+                    g = tl.load(g_ptr + row * width + cols, mask=mask, other=0.0)
+                    total += g * g
+    tl.store(out_ptr + tl.program_id(0), tl.sum(total, axis=0))

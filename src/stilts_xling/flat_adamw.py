@@ -177,9 +177,15 @@ class FlatAdamW(torch.optim.Optimizer):
 
     def grad_norm(self) -> torch.Tensor:
         """The 2-norm over every gradient, as clip_grad_norm_ takes it, in one reduction (parameters
-        without a gradient this step hold zeros)."""
+        without a gradient this step hold zeros). With deferred rows, their part comes from the claimed rows
+        only, once the first step has checked that the others get no gradient (it reads everything)."""
         self._collect_pending = self._collect()
-        return torch.linalg.vector_norm(self.flat["grad"])
+        grad = self.flat["grad"]
+        if self.lazy is None or not self.lazy.checked:
+            return torch.linalg.vector_norm(grad)
+        a, b = self.ranges[self.lazy.index]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grad[:a]), torch.linalg.vector_norm(grad[b:]),
+                                                     self.lazy.claimed_norm()]))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """The step already zeroed what it read. Gradients written since (a step that was skipped, or a
