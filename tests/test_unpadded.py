@@ -317,6 +317,26 @@ def test_varlen_self_test_passes_a_correct_kernel_and_names_each_fault(kernel, p
         assert found is not None and problem in found
 
 
+def test_graph_buckets_share_one_output_buffer_grown_only_for_a_larger_bucket():
+    """_Graphs._shared on a stand-in (the class itself needs CUDA): buckets no larger than the first share its
+    memory; a larger one gets a new buffer, and the views handed out before keep theirs."""
+    from types import SimpleNamespace
+
+    from stilts_xling.packing import _Graphs
+
+    graphs = SimpleNamespace(buffers={}, anchor=torch.zeros(()))
+    shared = _Graphs._shared.__get__(graphs)
+    largest = shared("out", torch.Size([1, 64, 8]), torch.float32)
+    smaller = shared("out", torch.Size([1, 16, 8]), torch.float32)
+    other = shared("grad_out", torch.Size([1, 16, 8]), torch.float32)
+    assert smaller.data_ptr() == largest.data_ptr() and smaller.shape == (1, 16, 8)
+    assert other.data_ptr() != largest.data_ptr()
+    larger = shared("out", torch.Size([1, 80, 8]), torch.float32)
+    assert larger.data_ptr() != largest.data_ptr() and larger.shape == (1, 80, 8)
+    largest.fill_(1.0)
+    assert float(larger.sum()) == 0.0 and float(smaller.sum()) == 16 * 8  # the old views keep the old buffer
+
+
 def test_compiled_layers_trace_the_flash_varlen_kernel_whole_forward_and_backward():
     """On meta tensors (the aten flash ops have meta kernels): one graph, no break, gradients for q, k, v, so
     `speed.compile` fuses around attention. cuDNN's op has no meta kernel; its wrapper is compiler-disabled."""
