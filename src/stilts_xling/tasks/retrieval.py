@@ -54,7 +54,8 @@ def settings(cfg: Any) -> dict[str, Any]:
 
 def resolve_layer(num_layers: int, layer: int | None = None, fraction: float | None = None) -> int:
     """The `hidden_states` index to pool: `layer` if set, else round-half-up(fraction * num_layers),
-    fraction defaulting to 14/24 (14 for 24 layers, 7 for 12, 1 for 2)."""
+    fraction defaulting to 14/24 (14 for 24 layers, 7 for 12, 1 for 2). xtreme's scripts pool index 8 of
+    12-layer encoders (mBERT's `--specific_layer 7` counts from the first layer): set `layer: 8` to match."""
     if layer is not None:
         index = layer if layer >= 0 else num_layers + 1 + layer
         if not 0 <= index <= num_layers:
@@ -121,7 +122,11 @@ def _tatoeba(ctx, spec, lang, splits, opts, encode, st, layer, layers) -> list[t
         extra = {"protocol": "cosine"}
         if split == "test":  # submission format: the predicted xx line for every English line
             _, hit = R.knn(een[layer], exx[layer], 1)
-            extra["predictions"] = _write(ctx, spec, lang, "".join(f"{i}\n" for i in hit[:, 0].tolist()))
+            hits = hit[:, 0].tolist()
+            # xtreme's tatoeba_preprocess sorts the English file by text (stable on ties) and its hidden labels
+            # are each sorted line's original index: the file follows that order, or it scores ~0.
+            order = sorted(range(len(en)), key=en.__getitem__)
+            extra["predictions"] = _write(ctx, spec, lang, "".join(f"{hits[i]}\n" for i in order))
         out += [(split, extra, metrics)] + [(split, {"protocol": "cosine", "layer": k}, m) for k, m in sweep]
     return out
 
@@ -148,8 +153,9 @@ def _bucc_split(ctx: Any, spec: TaskSpec, lang: str, split: str, opts: Any):
 
 
 def _unify(sentences: dict[str, str]) -> tuple[list[str], list[str], list[int]]:
-    """(ids, distinct texts, row of each id among them): xtreme text_load_unify, so a repeated
-    sentence is embedded and mined once and every id carrying it inherits its pairs."""
+    """(ids, distinct texts, row of each id among them): a repeated sentence is embedded and mined once
+    and every id carrying it inherits its pairs, as in jiant's BUCC (the paper's). xtreme's and LASER's
+    scripts instead drop every candidate of a repeated sentence, which scores slightly differently."""
     rows: dict[str, int] = {}
     index = [rows.setdefault(text, len(rows)) for text in sentences.values()]
     return list(sentences), list(rows), index
