@@ -6,6 +6,7 @@ Formats, by family (xtreme's evaluate.py reads the same):
   span_qa         JSON {question id: answer text}              (xquad, mlqa, tydiqa) .json
   bucc2018        "src_id<TAB>trg_id" per mined pair                                .tsv
   tatoeba         one predicted target line index per line                          .tsv
+                  lines in xtreme's order: its English file sorted by text (tatoeba_preprocess)
   dual_encoder    JSON {question id: [top-20 candidate ids]}   (mewslix, lareqa)     .json
                   Mewsli-X's labels use the same layout, {example id: [gold entity id]} (xtreme
                   mock_test_data/labels/mewslix/test-<lang>.json); scored as mAP@20.
