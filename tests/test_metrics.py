@@ -268,13 +268,13 @@ def test_tagging_default_mode_is_lenient():
 
 
 def test_tagging_pos_tags_without_prefix():
-    # seqeval reads "NOUN" as prefix "N" + type "OUN": equal adjacent tags merge
-    # into one chunk. gold: OUN(0-1), ERB(2); pred: OUN(0), ERB(1-2) -> no chunk
+    # seqeval reads "NOUN" as prefix "N" + type "NOUN": equal adjacent tags merge
+    # into one chunk. gold: NOUN(0-1), VERB(2); pred: NOUN(0), VERB(1-2) -> no chunk
     # matches -> F1 0 although 2/3 tokens are right.
     out = tagging_scores([["NOUN", "VERB", "VERB"]], [["NOUN", "NOUN", "VERB"]])
     assert out["f1"] == 0.0
     assert out["accuracy"] == approx(200 / 3)
-    # gold: RON, ERB, ET, OUN(3-4) = 4 chunks; pred: RON, ERB, ET, OUN(3), DJ(4) = 5
+    # gold: PRON, VERB, DET, NOUN(3-4) = 4 chunks; pred: PRON, VERB, DET, NOUN(3), ADJ(4) = 5
     # correct 3: P = 3/5, R = 3/4, F1 = 0.9/1.35 = 2/3; tokens 4/5
     golds = [["PRON", "VERB", "DET", "NOUN", "NOUN"]]
     preds = [["PRON", "VERB", "DET", "NOUN", "ADJ"]]
@@ -282,9 +282,21 @@ def test_tagging_pos_tags_without_prefix():
     assert (out["precision"], out["recall"]) == (approx(60.0), approx(75.0))
     assert out["f1"] == approx(200 / 3)
     assert out["accuracy"] == approx(80.0)
-    # SCONJ and CCONJ both have type "CONJ" -> counted as the same chunk
+
+
+def test_tagging_types_pos_tags_as_seqeval_0_did():
+    # xtreme's and jiant's (2020) seqeval 0.0.x types "SCONJ" as "SCONJ"; seqeval 1.x would give "CONJ" to
+    # SCONJ and CCONJ alike and score this 100. gold: NOUN, CCONJ, NOUN; pred: NOUN, SCONJ, NOUN -> 2 of 3
+    # chunks on each side match: P = R = F1 = 2/3.
+    out = tagging_scores([["NOUN", "SCONJ", "NOUN"]], [["NOUN", "CCONJ", "NOUN"]])
+    assert (out["precision"], out["recall"], out["f1"]) == (approx(200 / 3),) * 3
     out = tagging_scores([["CCONJ"]], [["SCONJ"]])
-    assert (out["f1"], out["accuracy"]) == (approx(100.0), 0.0)
+    assert (out["f1"], out["accuracy"]) == (0.0, 0.0)
+    # "S"-prefixed tags stay singletons: gold SYM SYM is two chunks, pred SYM X has one of them.
+    out = tagging_scores([["SYM", "X"]], [["SYM", "SYM"]])
+    assert (out["precision"], out["recall"]) == (approx(50.0), approx(50.0))
+    # IOB tags are untouched: I-PER after O still opens a chunk (lenient mode).
+    assert tagging_scores([["I-PER", "I-PER"]], [["B-PER", "I-PER"]])["f1"] == approx(100.0)
 
 
 def test_tagging_silences_non_ne_tag_warnings():

@@ -315,14 +315,23 @@ def _best_thresh(preds, raw: dict, probs: dict, has_ans: dict) -> tuple[float, f
 
 
 # ---------------------------------------------------------- tagging and retrieval
+def _as_seqeval_0(tags: list[str]) -> list[str]:
+    """Tags that seqeval 1.x chunks as seqeval 0.0.x chunked the originals: 0.0.x types a tag without a
+    hyphen by the whole tag, 1.x by all but its first letter; "N-NOUN" has prefix "N" and type "NOUN" in
+    both. IOB tags ("B-PER") and "O" read the same in both and stay."""
+    return [t if t == "O" or "-" in t else f"{t[0]}-{t}" for t in tags]
+
+
 def tagging_scores(preds: list[list[str]], golds: list[list[str]]) -> dict:
     """seqeval precision/recall/F1 (default, non-strict mode, as xtreme calls it)
     plus token accuracy, all x100.
 
-    For plain UPOS tags seqeval treats the first letter as the chunk prefix and
-    the rest as the type ("NOUN" -> prefix "N", type "OUN"): runs of equal tags
-    merge into one chunk, SCONJ/SYM ("S") are always singletons, and SCONJ and
-    CCONJ share type "CONJ". Such "POS F1" is therefore not token accuracy.
+    For plain UPOS tags seqeval treats the first letter as the chunk prefix
+    ("NOUN" -> prefix "N"): runs of equal tags merge into one chunk and SCONJ/SYM
+    ("S") are always singletons, so such "POS F1" is not token accuracy. The type
+    is the whole tag, as in seqeval 0.0.x, which xtreme's and jiant's 2020 numbers
+    were scored with (jiant pins 0.0.12); seqeval 1.x would type "NOUN" as "OUN"
+    and merge SCONJ with CCONJ ("CONJ"): see _as_seqeval_0.
     """
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predicted sentences but {len(golds)} gold sentences")
@@ -335,9 +344,10 @@ def tagging_scores(preds: list[list[str]], golds: list[list[str]]) -> dict:
     with warnings.catch_warnings():
         # seqeval warns once per non-IOB tag; POS tags would flood the log.
         warnings.filterwarnings("ignore", message=".*seems not to be NE tag")
-        scores = {"precision": 100.0 * _seq_precision(golds, preds),
-                  "recall": 100.0 * _seq_recall(golds, preds),
-                  "f1": 100.0 * _seq_f1(golds, preds)}
+        typed = [_as_seqeval_0(g) for g in golds], [_as_seqeval_0(p) for p in preds]
+        scores = {"precision": 100.0 * _seq_precision(*typed),
+                  "recall": 100.0 * _seq_recall(*typed),
+                  "f1": 100.0 * _seq_f1(*typed)}
     correct = sum(pt == gt for p, g in zip(preds, golds) for pt, gt in zip(p, g))
     scores["accuracy"] = 100.0 * correct / n_tokens
     return scores
