@@ -164,6 +164,25 @@ def test_specs_languages_files_and_hyperparameters():
         assert load_examples(udpos, "dev", lang, cfg) and load_examples(PANX, "test", lang, cfg)
 
 
+def test_treebanks_that_repeat_sentence_ids_keep_their_own_predictions(tmp_path):
+    # UD_Chinese-GSD and -GSDSimp number their sentences alike (dev-s1, ...); a language's dev split reads both.
+    udpos = get_task("udpos")
+    source = (ASSETS / "udpos/UD_German-GSD/de_gsd-ud-dev.conllu").read_text(encoding="utf-8")
+    for bank in ("GSD", "GSDCopy"):
+        folder = tmp_path / "udpos" / f"UD_German-{bank}"
+        folder.mkdir(parents=True)
+        (folder / f"de_{bank.lower()}-ud-dev.conllu").write_text(source, encoding="utf-8")
+    examples = load_examples(udpos, "dev", "de", ExperimentConfig(data_dir=str(tmp_path)))
+    half = len(examples) // 2
+    assert half and len({ex["id"] for ex in examples}) == len(examples) == 2 * half
+    assert [ex["id"] for ex in examples[half:]] == [f"{ex['id']}#2" for ex in examples[:half]]
+    # Right on the first treebank, all NOUN on its copy: each sentence is scored with its own prediction.
+    preds = {ex["id"]: list(ex["tags"]) if i < half else ["NOUN"] * len(ex["tags"]) for i, ex in enumerate(examples)}
+    tags = [t for ex in examples for t in ex["tags"]]
+    right = len(tags) // 2 + sum(t == "NOUN" for t in tags[len(tags) // 2:])
+    assert FAMILY.score(udpos, preds, examples, "de")["accuracy"] == pytest.approx(100 * right / len(tags))
+
+
 def check_features(spec, examples, features):
     """Windows tile every sentence and each word's first piece carries exactly its gold tag."""
     tag_ids = {t: i for i, t in enumerate(spec.labels)}

@@ -1,6 +1,7 @@
 """Examples from the original files or the hub; features; length-grouped batches; collation."""
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -11,6 +12,8 @@ from .config import ExperimentConfig, TaskOptions
 from .languages import ISO639_3, LANGUAGE_NAMES
 from .readers import READERS, DataError
 from .tasks.base import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 def _format(template: str, lang: Optional[str]) -> str:
@@ -70,6 +73,31 @@ def load_examples(spec: TaskSpec, split: str, lang: Optional[str], cfg: Experime
         examples.extend(READERS[spec.files.reader](path, lang))
     if not examples:  # e.g. only license-withheld UD treebanks matched the glob
         raise DataError(f"{spec.name} {split} [{lang}]: no examples in {', '.join(map(str, paths))}")
+    return unique_ids(examples, f"{spec.name} {split} [{lang}]")
+
+
+def unique_ids(examples: list[dict], where: str) -> list[dict]:
+    """Each example's id made unique ("<id>#2", "#3", ... for repeats), in place: predictions are keyed by
+    id, so two examples sharing one would be scored with the same prediction. Concatenated files repeat ids:
+    UD_Chinese-GSD and -GSDSimp both number their sentences dev-s1, dev-s2, ..."""
+    taken = {str(ex["id"]) for ex in examples}
+    if len(taken) == len(examples):
+        return examples
+    seen: dict[str, int] = {}
+    renamed = 0
+    for ex in examples:
+        key = str(ex["id"])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            n = seen[key]
+            while f"{key}#{n}" in taken:  # an id that already reads "<id>#2" keeps it
+                n += 1
+            ex["id"] = f"{key}#{n}"
+            taken.add(ex["id"])
+            renamed += 1
+    if renamed:
+        log.info("%s: %d examples repeat an earlier example's id; suffixed #2, #3, ... so each keeps its own "
+                 "prediction", where, renamed)
     return examples
 
 
@@ -113,7 +141,7 @@ def _load_hub(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentCo
         examples.append(ex)
     if not examples:
         raise DataError(f"{hub.path}/{name} split {hub.splits[split]!r} gave no examples")
-    return examples
+    return unique_ids(examples, f"{hub.path}/{name} {hub.splits[split]}")
 
 
 def _label_names(ds: Any, column: Optional[str]) -> Optional[list[str]]:
