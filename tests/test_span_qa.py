@@ -136,6 +136,22 @@ def test_non_latin_answers_round_trip_by_character_offsets(tok, context, answer,
     assert SpanQAFamily(doc_stride=4).predict(spec, [ex], feats, logits_for(feats, gold))["x"] == answer
 
 
+def test_answer_text_keeps_trailing_combining_marks_and_drops_spaces():
+    import unicodedata
+    from stilts_xling.tasks.span_qa import answer_text
+
+    # Decomposed "Il a été élu": I0 l1 _2 a3 _4 e5 U+0301 6 t7 e8 U+0301 9 _10. XLM-R composes before it
+    # splits, so the token "été" gets offsets (5, 9): the last accent belongs to no token.
+    context = unicodedata.normalize("NFD", "Il a été élu en 2005.")
+    assert answer_text(context, 5, 9) == unicodedata.normalize("NFD", "été") == context[5:10]
+    assert answer_text(context, 4, 9) == context[5:10]  # an offset that starts at the space before the word
+    assert answer_text(context, 0, 2) == "Il"  # nothing to extend over
+    # Devanagari: the vowel sign E (U+0947) after "नमस्त" completes the word "नमस्ते".
+    assert answer_text("नमस्ते दुनिया", 0, 5) == "नमस्ते"
+    assert answer_text("abc", 1, 3) == "bc"  # end of text
+    assert answer_text("a  b", 1, 3) == ""  # whitespace only: no answer
+
+
 def test_prediction_is_a_string_that_keeps_its_null_diff_through_pickle_and_json():
     import copy
     import pickle

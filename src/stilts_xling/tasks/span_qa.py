@@ -9,6 +9,7 @@ that XTREME and jiant (the paper's code) both use.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -186,7 +187,7 @@ class SpanQAFamily:
             return QAPrediction("", math.inf)
         diff = null - best[0]
         # transformers' null_score_diff_threshold defaults to 0.0.
-        text = "" if with_null and diff > 0.0 else context[best[1]:best[2]]
+        text = "" if with_null and diff > 0.0 else answer_text(context, best[1], best[2])
         return QAPrediction(text, diff)
 
     # ------------------------------------------------------------------------------- metrics
@@ -314,3 +315,14 @@ TASKS = [
         train=_QA_TRAIN,
     ),
 ]
+
+
+def answer_text(context: str, start: int, end: int) -> str:
+    """context[start:end] as an answer. XLM-R's tokenizer composes text (NFKC) before it splits it, so in a
+    decomposed context ("e" + U+0301) the last token's offsets stop before the word's trailing combining
+    marks: those stay with the word. Surrounding spaces, which some tokenizers' offsets include, go: a
+    whitespace-only span would count as answered in SQuAD v2's threshold search."""
+    while end < len(context) and unicodedata.category(context[end]).startswith("M"):
+        end += 1
+    return context[start:end].strip()
+
