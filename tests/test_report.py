@@ -148,6 +148,19 @@ def test_xtreme_score_needs_all_nine_targets_and_follows_qa_metric(tmp_path):
     assert not (tmp_path / "b" / "report.tex").exists()
 
 
+def test_targets_scored_on_fewer_languages_than_the_benchmark_get_a_note(tmp_path):
+    pawsx = {lang: {"accuracy": 80} for lang in ("de", "en", "es", "fr", "ja", "ko")}  # all 7 but zh
+    udpos = {lang: {"f1": 70} for lang in "af ar bg de el en es et eu fa fi fr he hi hu id it ja ko mr nl pt ru ta "
+                                         "te tr ur vi zh".split()}  # every language with UD dev data
+    write_run(tmp_path / "runs", "part", [], 1, {"pawsx": pawsx, "udpos": udpos, "xnli": xnli(80, 70, 60)})
+    notes = build_report([tmp_path / "runs"], tmp_path / "out", formats=(), plots=False)["notes"]
+    coverage = sorted(n for n in notes if "the benchmark's" in n)
+    assert len(coverage) == 2  # pawsx and xnli; UD-POS's four test-only languages have no dev split
+    assert coverage[0] == "baseline pawsx: 6 languages on dev, missing 1 of the benchmark's (zh); its average is not " \
+                          "the benchmark's"
+    assert coverage[1].startswith("baseline xnli: 3 languages on dev, missing 12 of the benchmark's (bg, el, es, ")
+
+
 def test_configs_that_differ_in_a_training_key_are_separate_settings(tmp_path):
     root = tmp_path / "runs"
     for name, lr, seed, value in [("a1", 1e-5, 1, 60), ("a2", 1e-5, 2, 62), ("b1", 2e-5, 1, 70)]:

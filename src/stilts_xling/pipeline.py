@@ -15,6 +15,7 @@ from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
 from .languages import XTREME_R_LANGUAGES
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, set_dropout, tokenizer_source
+from .report import benchmark_languages
 from .rundir import Context
 from .scoring import write_predictions
 from .results import append_rows, format_metrics, metric_rows, read_rows
@@ -327,4 +328,12 @@ def summary(ctx: Context) -> str:
                          + ", ".join(f"{t} {v:.1f}" for t, v in scores.items()))
             lines.append(f"{label} score: {overall:.1f}" if overall is not None
                          else f"{label} score: needs all {count} tasks")
+            partial = []
+            for t in scores:
+                have = {r["language"] for r in rows if r["task"] == t and r["split"] == split}
+                full = set(benchmark_languages(t, split))
+                if not full <= have:
+                    partial.append(f"{t} {len(full & have)}/{len(full)}")
+            if partial:
+                lines.append(f"(over fewer languages than {label}'s: {', '.join(partial)})")
     return "\n".join(lines) or "no XTREME results yet"

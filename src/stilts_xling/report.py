@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from .config import hash_dict
-from .languages import XTREME_LANGUAGES, script
+from .languages import XTREME_LANGUAGES, XTREME_R_LANGUAGES, script
 from .metrics import XTREME_R_TASKS, XTREME_TASKS, group_scores, task_average, xtreme_r_score, xtreme_score
 from .results import read_rows
 from .tables import Delta, Stat, Table, to_latex, to_markdown, write_table_csv
@@ -169,8 +169,22 @@ def aggregate(entries: list[tuple[Path, dict]], split: str, qa_metric: str,
         if row["metric"] in cell:
             notes.append(f"{setting.label} seed {row['seed']}: results found in several runs; kept the newest")
         cell[row["metric"]] = max(cell.get(row["metric"], stamped), stamped)
+    for setting, by_seed in values.items():
+        for task, langs in {t: set(ls) for seed in by_seed.values() for t, ls in seed.items()}.items():
+            missing = [lang for lang in benchmark_languages(task, split) if lang not in langs]
+            if missing:
+                notes.append(f"{setting.label} {task}: {len(langs)} languages on {split}, missing {len(missing)} of "
+                             f"the benchmark's ({', '.join(missing)}); its average is not the benchmark's")
     return {setting: _pool(values[setting], setting, qa_metric, notes)
             for setting in sorted(values, key=Setting.order)}
+
+
+def benchmark_languages(task: str, split: str) -> tuple[str, ...]:
+    """The languages XTREME's evaluate.py averages `task` over (XTREME-R's for its own tasks), less those
+    without this split (UD v2.5 has no dev data for kk, th, tl, yo); () for tasks outside both."""
+    langs = XTREME_LANGUAGES.get(task) or XTREME_R_LANGUAGES.get(task, ())
+    absent = TASKS[task].missing_splits.get(split, ()) if task in TASKS else ()
+    return tuple(lang for lang in langs if lang not in absent)
 
 
 def _pool(by_seed: dict[int, dict[str, dict[str, dict[str, tuple[str, float]]]]], setting: Setting,
