@@ -83,6 +83,25 @@ def test_hand_off_between_separate_commands(tmp_path, cli):
     assert base and all(r["encoder"] == "tiny:xlm-roberta" for r in base)
 
 
+def test_target_fine_tuning_ignores_the_intermediate_sampler_cap(tmp_path, cli, monkeypatch):
+    # A capped multi-task sampler (cap 2) cut each target epoch to 2 examples, and the schedule with it.
+    from stilts_xling import pipeline
+
+    seen = []
+    real = pipeline.train
+
+    def spy(model, tasks, hp, sampler, *args, **kwargs):
+        seen.append((kwargs["desc"], sampler.kind, sampler.cap))
+        return real(model, tasks, hp, sampler, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", spy)
+    over = [f"run_dir={tmp_path / 'run'}", "intermediate.train.max_steps=2", "xtreme.languages={xnli: [en]}",
+            "xtreme.splits=[dev]", "intermediate.sampler.kind=capped", "intermediate.sampler.cap=2"]
+    assert cli("run", SMOKE, *over).exit_code == 0
+    assert [s for s in seen if s[0].startswith("xtreme")] == [("xtreme xnli", "proportional", None)]
+    assert any(s[1:] == ("capped", 2) for s in seen if not s[0].startswith("xtreme"))
+
+
 def test_missing_data_is_reported_with_path_and_fix(tmp_path, cli):
     result = cli("run", SMOKE, f"run_dir={tmp_path / 'r'}", f"data_dir={tmp_path / 'nodata'}")
     assert result.exit_code == 2

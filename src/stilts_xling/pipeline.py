@@ -10,7 +10,7 @@ from typing import Any, Optional
 from . import metrics, parallel, translated
 from .cache import cached_features
 from .cache import default_dir as default_cache_dir
-from .config import ExperimentConfig, TaskOptions, merge_train
+from .config import ExperimentConfig, SamplerConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
 from .languages import XTREME_R_LANGUAGES
@@ -262,7 +262,9 @@ def fine_tune_target(ctx: Context, spec: TaskSpec, source: str) -> None:
     model = set_dropout(MultiTaskModel(load_encoder(source, cfg.model, tokenizer), [spec]), cfg.model.dropout)
     ckpt = ctx.run_dir / "xtreme" / spec.name / "checkpoint.pt"
     with ctx.tracker(f"xtreme-{spec.name}") as tracker:
-        result = train(model, [task], hp, cfg.intermediate.sampler, ctx.accelerator, tokenizer.pad_token_id,
+        # One task, its whole training set each epoch: the intermediate phase's sampler (a capped one cuts
+        # every epoch to `cap` examples) is not the target recipe's.
+        result = train(model, [task], hp, SamplerConfig(), ctx.accelerator, tokenizer.pad_token_id,
                        cfg.seed, cfg.bf16, desc=f"xtreme {spec.name}", checkpoint_path=ckpt, speed=cfg.speed,
                        tracker=tracker, fsdp=ctx.fsdp)
     model = ctx.accelerator.unwrap_model(model).to(ctx.accelerator.device)
