@@ -43,8 +43,12 @@ def test_hub_models_and_datasets_are_listed(empty_caches):
                                   ("model", "org/encoder"), ("tokenizer", "org/encoder")]
     items, no_source = needed_datasets(cfg)
     # mnli (intermediate train/dev, and XNLI's training data: listed once), then XNLI dev per language.
-    assert items == [("nyu-mll/multi_nli", None, "train"), ("nyu-mll/multi_nli", None, "validation_matched"),
-                     ("facebook/xnli", "en", "validation"), ("facebook/xnli", "de", "validation")]
+    assert items == [("nyu-mll/multi_nli", None, "train", None), ("nyu-mll/multi_nli", None, "validation_matched", None),
+                     ("facebook/xnli", "en", "validation", None), ("facebook/xnli", "de", "validation", None)]
+    # A repo whose main branch is a loading script is read at the revision holding its parquet files.
+    items, _ = needed_datasets(load_config(SMOKE, ["data_source=hub", "intermediate.tasks=[hellaswag]", "xtreme.tasks=[]",
+                                                "xtreme.languages={}"]))
+    assert items == [("Rowan/hellaswag", None, "train", "refs/pr/7"), ("Rowan/hellaswag", None, "validation", "refs/pr/7")]
     assert no_source == []
     random = load_config(SMOKE, ["model.name=xlm-roberta-large", "model.random_init=true"])
     assert needed_models(random)[0] == ("config", "xlm-roberta-large")  # random weights: only config.json

@@ -109,7 +109,7 @@ def _load_hub(spec: TaskSpec, split: str, lang: Optional[str], cfg: ExperimentCo
         raise DataError(f"task {spec.name!r} has no hub source for split {split!r}; use data_source: files")
     name = _format(hub.name, lang) if hub.name else None
     try:
-        ds = datasets.load_dataset(hub.path, name, split=_format(hub.splits[split], lang))
+        ds = datasets.load_dataset(hub.path, name, split=_format(hub.splits[split], lang), **hub.revision_kwargs())
     except Exception as err:  # the hub raises many types; all mean "could not get it"
         raise DataError(f"could not load {hub.path}/{name} split {hub.splits[split]!r} from the hub ({err}); "
                         f"run `stilts prepare` online first, or use data_source: files") from err

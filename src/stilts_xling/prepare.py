@@ -30,7 +30,7 @@ _CACHED_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "config": (("config.json",),),
     "tokenizer": (_TOKENIZER,),
 }
-HubItem = tuple[str, Optional[str], str]  # (dataset path, config name, split expression)
+HubItem = tuple[str, Optional[str], str, Optional[str]]  # (dataset path, config name, split expression, revision)
 
 
 def is_hub_id(name: str) -> bool:
@@ -71,13 +71,17 @@ def needed_datasets(cfg: ExperimentConfig) -> tuple[list[HubItem], list[str]]:
             problems.append(f"{spec.name} {split}: no hub source for this split; use data_source: files")
             continue
         items.append((spec.hub.path, _format(spec.hub.name, lang) if spec.hub.name else None,
-                      _format(spec.hub.splits[split], lang)))
+                      _format(spec.hub.splits[split], lang), spec.hub.revision))
     return list(dict.fromkeys(items)), list(dict.fromkeys(problems))
 
 
 def _describe(item: HubItem) -> str:
-    path, name, split = item
-    return f"dataset {path}{f' [{name}]' if name else ''} split {split}"
+    path, name, split, revision = item
+    return f"dataset {path}{f'@{revision}' if revision else ''}{f' [{name}]' if name else ''} split {split}"
+
+
+def _revision(item: HubItem) -> dict:
+    return {"revision": item[3]} if item[3] else {}
 
 
 def _first_line(err: Exception) -> str:
@@ -106,7 +110,7 @@ def prepare(cfg: ExperimentConfig) -> list[str]:
     items, no_source = needed_datasets(cfg)
     for item in items:
         try:
-            datasets.load_dataset(item[0], item[1], split=item[2])
+            datasets.load_dataset(item[0], item[1], split=item[2], **_revision(item))
             print(f"cached {_describe(item)}")
         except Exception as err:
             problems.append(f"{_describe(item)}: could not fetch ({_first_line(err)})")
@@ -153,7 +157,7 @@ def offline_problems(cfg: ExperimentConfig, phases: tuple[str, ...] = PHASES) ->
     with _offline():
         for item in items:
             try:
-                splits = datasets.load_dataset_builder(item[0], item[1]).info.splits or {}
+                splits = datasets.load_dataset_builder(item[0], item[1], **_revision(item)).info.splits or {}
             except Exception as err:  # "not cached" surfaces as ConnectionError, FileNotFoundError, ValueError
                 problems.append(f"{_describe(item)}: not in the datasets cache ({err.__class__.__name__}); {hint}")
                 continue

@@ -40,6 +40,12 @@ class HubSource:
     fields: dict[str, str] = field(default_factory=dict)
     id_prefix: Optional[str] = None  # keep only rows whose id starts with this ({lang} allowed)
     label_names: Optional[tuple[str, ...]] = None  # names for integer labels, when the hub's differ from ours
+    # A branch, tag or commit to load: datasets >= 4 runs no loading scripts, so a repo whose main branch is
+    # still script-only loads from its parquet conversion (a pull-request ref) instead.
+    revision: Optional[str] = None
+
+    def revision_kwargs(self) -> dict:
+        return {"revision": self.revision} if self.revision else {}
 
 
 @dataclass(frozen=True)

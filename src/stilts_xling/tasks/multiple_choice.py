@@ -149,9 +149,11 @@ TASKS = [
             "train": "hellaswag_train.jsonl", "dev": "hellaswag_val.jsonl"},
             hint="download https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl "
                  "and .../hellaswag_val.jsonl into {dir}"),
+        # The repo's main branch is still its loading script; pull request #7 holds the parquet conversion
+        # (same columns).
         hub=HubSource(path="Rowan/hellaswag", splits={"train": "train", "dev": "validation"},
                       fields={"id": "ind", "context": "ctx_a", "choice_prefix": "ctx_b", "choices": "endings",
-                              "label": "label"}),
+                              "label": "label"}, revision="refs/pr/7"),
         train=TrainConfig(epochs=7, lr=1e-5, batch_size=16, max_length=256),
     ),
     TaskSpec(
@@ -174,7 +176,9 @@ TASKS = [
         files=FileSource(folder="cosmosqa", reader="cosmosqa_csv", splits={"train": "train.csv", "dev": "valid.csv"},
                          hint="download train.csv and valid.csv from https://github.com/wilburOne/cosmosqa/tree/master/data "
                               "into {dir}"),
-        hub=HubSource(path="allenai/cosmos_qa", splits={"train": "train", "dev": "validation"},
+        # allenai/cosmos_qa is script-only (datasets >= 4 cannot load it); Samsoup/cosmos_qa is a parquet copy
+        # with the same columns and split sizes (25,262 / 2,985 / 6,963).
+        hub=HubSource(path="Samsoup/cosmos_qa", splits={"train": "train", "dev": "validation"},
                       fields={"id": "id", "context": "context", "question": "question",
                               "choices": "answer0,answer1,answer2,answer3", "label": "label"}),
         train=TrainConfig(epochs=15, lr=1e-5, batch_size=16, max_length=256),
