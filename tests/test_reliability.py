@@ -15,7 +15,7 @@ import torch
 from conftest import ASSETS, REPO, SMOKE
 from stilts_xling import checkpoint
 from stilts_xling.cache import cache_key
-from stilts_xling.results import append_rows, read_rows
+from stilts_xling.results import append_rows, read_rows, unrecorded
 from stilts_xling.tasks.registry import family_of, get_task
 
 QUICK = ["intermediate.train.max_steps=6", "xtreme.train.max_steps=6", "xtreme.languages={xnli: [en, de]}",
@@ -175,6 +175,29 @@ def test_disk_full_while_appending_results_leaves_earlier_rows(tmp_path, monkeyp
         append_rows(path, [{"a": 2}])
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert read_rows(path)[0] == {"a": 1}
+
+
+def test_a_row_after_a_torn_last_line_is_kept(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_rows(path, [{"a": 1}, {"a": 2}])
+    path.write_bytes(path.read_bytes()[:-4])  # a crash mid-write: '{"a": ' without its end
+    append_rows(path, [{"a": 3}])
+    assert read_rows(path) == [{"a": 1}, {"a": 3}]
+
+
+def test_rows_already_recorded_are_not_written_twice(tmp_path, cli, monkeypatch):
+    # Killed after the intermediate rows were written but before done.json: the rerun writes them again.
+    from stilts_xling import pipeline
+
+    run_dir = tmp_path / "run"
+    over = [f"run_dir={run_dir}", "intermediate.train.max_steps=2", "xtreme.tasks=[]", "xtreme.languages={}"]
+    assert cli("train-intermediate", SMOKE, *over).exit_code == 0
+    first = read_rows(run_dir / "results.jsonl")
+    (run_dir / "intermediate" / "done.json").unlink()
+    assert cli("train-intermediate", SMOKE, *over).exit_code == 0
+    assert len(read_rows(run_dir / "results.jsonl")) == len(first) > 0
+    row = {**first[0], "value": -1.0, "timestamp": "later"}
+    assert unrecorded(run_dir / "results.jsonl", [row, {**row, "seed": 99}]) == [{**row, "seed": 99}]
 
 
 def test_feature_cache_key_changes_with_everything_it_depends_on():

@@ -18,7 +18,7 @@ from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, s
 from .report import benchmark_languages
 from .rundir import Context
 from .scoring import write_predictions
-from .results import append_rows, format_metrics, metric_rows, read_rows
+from .results import append_rows, format_metrics, metric_rows, read_rows, unrecorded
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of, get_task
 from .train import TaskData, train
@@ -147,7 +147,7 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     encoder_state = _encoder_state(ctx, model)
     if ctx.accelerator.is_main_process:
         save_encoder(model.encoder, tokenizer, out, encoder_state)
-        append_rows(ctx.results, rows)
+        append_rows(ctx.results, unrecorded(ctx.results, rows))
         (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
         done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
         ckpt.unlink(missing_ok=True)  # the phase is complete; the encoder and rows hold everything

@@ -34,14 +34,31 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     if not text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            f.write(text)
+            # A torn last line (a crash mid-write) gets its newline first: glued to it, the new first row
+            # would never parse, and a resumed run would redo that work on every rerun.
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    text = "\n" + text
+            f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_ROW_IDENTITY = ("phase", "task", "language", "split", "metric", "config_hash", "seed")
+
+
+def unrecorded(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` less those results.jsonl already holds (same phase, task, language, split, metric, config and
+    seed): a run killed after writing a phase's rows but before marking the phase done writes them again."""
+    have = {tuple(r.get(k) for k in _ROW_IDENTITY) for r in read_rows(path)}
+    return [r for r in rows if tuple(r.get(k) for k in _ROW_IDENTITY) not in have]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
