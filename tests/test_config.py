@@ -66,6 +66,12 @@ def test_malformed_yaml_names_the_line(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = write(tmp_path, "seed: 1\nxtreme:\n  tasks: [xnli]\n  splits: [dev]\n  tasks: [pawsx]\n")
+    with pytest.raises(ConfigError, match=r"line 5, .*key 'tasks' appears twice in one mapping \(first at line 3\)"):
+        load_config(path)
+
+
 def test_overrides_apply_and_are_checked():
     cfg = load_config(SMOKE, ["seed=7", "intermediate.train.lr=2e-5", "xtreme.tasks=[xnli]"])
     assert cfg.seed == 7 and cfg.intermediate.train.lr == 2e-5
