@@ -58,6 +58,23 @@ def test_semantic_checks_unknown_task_language_and_value(tmp_path):
     assert "unknown tiny architecture 'xlm-robertaa'" in text
 
 
+def test_numbers_that_would_fail_at_run_time_are_config_errors():
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, ["intermediate.train.epochs=.inf", "intermediate.train.patience=-1",
+                            "intermediate.train.max_length=3", "intermediate.train.eval_subset=-3",
+                            "intermediate.sampler={kind: temperature, temperature: 0}",
+                            "intermediate.task_options={mnli: {max_train_examples: 0}}"])
+    text = str(err.value)
+    assert "6 problem(s)" in text
+    for line in ("intermediate.train.epochs: must be a finite number, got inf",
+                 "intermediate.train.patience: must be 0 or more, got -1",
+                 "intermediate.train.max_length: 3 tokens leave no room",
+                 "intermediate.train.eval_subset: must be 0 or more, got -3",
+                 "intermediate.sampler.temperature: must be a positive number, got 0",
+                 "intermediate.task_options.mnli.max_train_examples: must be at least 1, got 0"):
+        assert line in text
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "seed: 1\nmodel:\n  name: [unclosed\nrun_dir: x\n")
     with pytest.raises(ConfigError) as err:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -296,6 +297,10 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
     """Semantic checks that need the task registry; type checks already happened."""
     from .tasks import registry
@@ -335,6 +340,17 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
             value = getattr(train, fname)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                 errors.append(f"{key}.{fname}: must be positive, got {value}")
+        for fname in ("weight_decay", "max_grad_norm", "eval_every", "eval_subset", "patience", "checkpoint_every"):
+            value = getattr(train, fname)
+            if _number(value) and value < 0:
+                errors.append(f"{key}.{fname}: must be 0 or more, got {value}")
+        for fname in ("epochs", "lr", "weight_decay", "warmup", "max_grad_norm"):
+            value = getattr(train, fname)
+            if _number(value) and not math.isfinite(value):
+                errors.append(f"{key}.{fname}: must be a finite number, got {value}")
+        if _number(train.max_length) and 0 < train.max_length < 8:
+            errors.append(f"{key}.max_length: {train.max_length} tokens leave no room for text beside the special "
+                          "tokens; use 8 or more")
         if isinstance(train.warmup, float) and not 0 <= train.warmup < 1:
             errors.append(f"{key}.warmup: a fraction of the steps in [0, 1), got {train.warmup}")
         if (isinstance(train.batch_size, int) and isinstance(train.micro_batch_size, int)
@@ -345,6 +361,13 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                          *((f"xtreme.task_options.{k}", v) for k, v in cfg.xtreme.task_options.items())]:
         if options.train_fraction is not None and not 0 < options.train_fraction <= 1:
             errors.append(f"{key}.train_fraction: must be in (0, 1], got {options.train_fraction}")
+        if _number(options.max_train_examples) and options.max_train_examples < 1:
+            errors.append(f"{key}.max_train_examples: must be at least 1, got {options.max_train_examples}")
+    sampler = cfg.intermediate.sampler
+    if _number(sampler.temperature) and not (math.isfinite(sampler.temperature) and sampler.temperature > 0):
+        errors.append(f"intermediate.sampler.temperature: must be a positive number, got {sampler.temperature}")
+    if _number(sampler.cap) and sampler.cap < 1:
+        errors.append(f"intermediate.sampler.cap: must be at least 1, got {sampler.cap}")
     from . import translated  # imports data.py, which imports this module
 
     for name, options in cfg.intermediate.task_options.items():
