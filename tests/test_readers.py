@@ -509,3 +509,17 @@ def test_real_tatoeba(shared):
         sizes[lang3] = len(src)
     assert len(sizes) == 14
     assert sizes == {l3: {"swh": 390, "tha": 548}.get(l3, 1000) for l3 in sizes}
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    tsv = tmp_path / "tatoeba.deu-eng.deu"
+    tsv.write_bytes("\ufeffErste Zeile\n".encode("utf-8") + b"Caf\xe9 au lait\n")  # BOM, then a latin-1 byte
+    (tmp_path / "tatoeba.deu-eng.eng").write_text("First line\nCoffee\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"tatoeba.deu-eng.deu:2: byte b'\\xe9' at column 4 is not UTF-8; convert"):
+        read_tatoeba(tmp_path, "deu")
+    tsv.write_bytes("\ufeffErste Zeile\nCafé au lait\n".encode("utf-8"))
+    assert read_tatoeba(tmp_path, "deu") == (["Erste Zeile", "Café au lait"], ["First line", "Coffee"])
+    squad = tmp_path / "squad.json"
+    squad.write_bytes(b'{"data": [], "version": "caf\xe9"}')  # the 29th byte
+    with pytest.raises(DataError, match=r"squad.json:byte 29: not UTF-8 text"):
+        read_squad_json(squad)

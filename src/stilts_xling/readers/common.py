@@ -27,11 +27,23 @@ def _nonempty(records: list[dict], path: Path, lang: str | None = None, what: st
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    # newline="\n": universal newlines would also split at a lone "\r" inside a field. utf-8-sig
-    # drops a BOM if an editor added one and is plain utf-8 otherwise.
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for n, line in enumerate(f, 1):
+    # Split at "\n" only: universal newlines would also split at a lone "\r" inside a field. Bytes are
+    # decoded line by line so that a byte that is not UTF-8 is reported with its line; a BOM an editor
+    # added is dropped.
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _err(path, n, f"byte {raw[e.start:e.start + 1]!r} at column {e.start + 1} is not UTF-8",
+                           "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or re-download it") from None
             yield n, line.rstrip("\n").removesuffix("\r")
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    return _err(path, f"byte {err.start + 1}", "not UTF-8 text", "convert the file to UTF-8 or re-download it")
 
 
 def _tab_fields(path: Path, count: int, expected: str, fix: str) -> Iterator[tuple[int, list[str]]]:
@@ -124,6 +136,8 @@ def load_squad_doc(path: Path) -> dict:
             doc = json.load(f)
     except json.JSONDecodeError as e:
         raise _err(path, e.lineno, f"invalid JSON ({e.msg})", "re-download the file") from None
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise _err(path, 1, "expected an object with a 'data' list", "use the SQuAD json layout")
     return doc

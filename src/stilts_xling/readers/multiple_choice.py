@@ -75,6 +75,9 @@ def read_cosmosqa_csv(path: Path, lang: str | None = None) -> list[dict]:
                 start = reader.line_num + 1  # a record may span several physical lines
         except csv.Error as e:
             raise _err(path, reader.line_num, f"csv syntax error ({e})", "check the quoting") from None
+        except UnicodeDecodeError:
+            raise _err(path, reader.line_num + 1, "not UTF-8 text", "convert the file to UTF-8 or re-download it") \
+                from None
     return _nonempty(out, path)
 
 
