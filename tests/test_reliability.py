@@ -90,6 +90,9 @@ def test_changed_config_refuses_with_a_diff_then_new_run_archives(tmp_path, cli)
     run_dir = tmp_path / "run"
     assert cli("run", SMOKE, f"run_dir={run_dir}", *QUICK).exit_code == 0
     before = (run_dir / "results.jsonl").read_text()
+    # The same run dir spelled with a trailing slash is the same run: it resumes (nothing left to do).
+    assert cli("run", SMOKE, f"run_dir={run_dir}/", *QUICK).exit_code == 0
+    assert (run_dir / "results.jsonl").read_text() == before
     result = cli("run", SMOKE, f"run_dir={run_dir}", *QUICK, "seed=2")
     assert result.exit_code == 2
     assert "-seed: 1" in result.output and "+seed: 2" in result.output and "--new-run" in result.output

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -483,6 +484,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply_override(data, keys, value)
+    if isinstance(data.get("run_dir"), str) and data["run_dir"]:
+        # "runs/x/" and "runs/x" are one run: the saved config is compared, and hashed, with the spelling
+        data["run_dir"] = os.path.normpath(data["run_dir"])
     errors: list[str] = []
     cfg = _to_dataclass(data, ExperimentConfig, "", errors)
     if not errors:  # semantic checks assume the types are right
