@@ -85,6 +85,12 @@ def test_local_sweep_runs_every_cell_then_skips_them(tmp_path, capsys):
     again = run_sweep(SMOKE, grid, [*QUICK, f"run_dir={base}"], gpus=[])
     assert [c["status"] for c in again] == ["skipped (done)"] * 4
     assert "skipped (done)" in capsys.readouterr().out  # the summary table
+    # An edit to the base config leaves every override as it was, but the cells are other runs now.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(SMOKE.read_text().replace("lr: 3.0e-3", "lr: 2.0e-3"))
+    assert edited.read_text() != SMOKE.read_text()
+    stale = run_sweep(edited, grid, [*QUICK, f"run_dir={base}"], gpus=[], dry_run=True)
+    assert [c["status"] for c in stale] == ["would run"] * 4
 
 
 def test_dry_run_and_slurm_scripts(tmp_path, monkeypatch, capsys):

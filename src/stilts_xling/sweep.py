@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError, ExperimentConfig, load_config, read_yaml
+from .config import ConfigError, ExperimentConfig, config_hash, load_config, read_yaml
 
 DONE = "done"
 SBATCH_DEFAULTS = {"gres": "gpu:1", "cpus-per-task": "8", "time": "24:00:00"}
@@ -103,11 +103,13 @@ def plan(config: Path, grid_path: Path, overrides: list[str]) -> tuple[list[dict
     for cell, name in zip(cells, cell_names(cells)):
         run_dir = base / name
         args = [*overrides, *(_override_text(k, v) for k, v in cell.items()), _override_text("run_dir", str(run_dir))]
+        digest = None
         try:
-            load_config(config, args)
+            digest = config_hash(load_config(config, args))
         except ConfigError as err:
             problems += [f"cell {name}: {p}" for p in err.problems]
-        out.append({"name": name, "run_dir": run_dir, "overrides": args, "status": "pending", "seconds": None})
+        out.append({"name": name, "run_dir": run_dir, "overrides": args, "config_hash": digest, "status": "pending",
+                    "seconds": None})
     if problems:
         raise ConfigError(f"{config} x {grid_path}", problems)
     return out, sbatch
@@ -116,7 +118,9 @@ def plan(config: Path, grid_path: Path, overrides: list[str]) -> tuple[list[dict
 def _is_done(cell: dict) -> bool:
     marker = Path(cell["run_dir"]) / DONE
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("overrides") == cell["overrides"]
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        # The resolved config too: an edit to the base config changes no override but is another run.
+        return done.get("overrides") == cell["overrides"] and done.get("config_hash") == cell["config_hash"]
     except (OSError, ValueError):
         return False
 
@@ -127,7 +131,7 @@ def _command(config: Path, cell: dict) -> list[str]:
 
 
 def _marker_json(cell: dict) -> str:
-    return json.dumps({"overrides": cell["overrides"]})
+    return json.dumps({"overrides": cell["overrides"], "config_hash": cell["config_hash"]})
 
 
 def _devices(gpus: Optional[list[str]]) -> list[Optional[str]]:
