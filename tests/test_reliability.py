@@ -188,10 +188,8 @@ def test_a_row_after_a_torn_last_line_is_kept(tmp_path):
     assert read_rows(path) == [{"a": 1}, {"a": 3}]
 
 
-def test_rows_already_recorded_are_not_written_twice(tmp_path, cli, monkeypatch):
-    # Killed after the intermediate rows were written but before done.json: the rerun writes them again.
-    from stilts_xling import pipeline
-
+def test_rows_already_recorded_are_not_written_twice(tmp_path, cli):
+    # Killed after the intermediate rows were written but before done.json: the rerun wrote them again.
     run_dir = tmp_path / "run"
     over = [f"run_dir={run_dir}", "intermediate.train.max_steps=2", "xtreme.tasks=[]", "xtreme.languages={}"]
     assert cli("train-intermediate", SMOKE, *over).exit_code == 0
