@@ -40,7 +40,27 @@ def test_wrong_types_and_values_name_the_key_path(tmp_path):
     assert "intermediate.train.lr: expected a number, got str 'fast'" in text
     assert "xtreme.splits[1]: 'valid' is not one of 'dev', 'test'" in text
     assert "seed: expected an integer" in text
-    assert len(err.value.problems) == 4  # epochs=-1 is a value check, run only once the types are right
+    # value checks run beside the type checks (every problem at once); a wrongly typed value is
+    # reported once, not again by a value check over it
+    assert "intermediate.train.epochs: must be positive, got -1.0" in text
+    assert len(err.value.problems) == 5
+
+
+def test_type_and_value_problems_in_one_report_without_doubles(tmp_path):
+    path = write(tmp_path, "intermediate:\n  tasks: [mnli, xnli, mnli]\n  train: {batch_size: '32', warmup: 2.0}\n"
+                           "speed: {attention: flashy, workers: -2}\nmodel: {dropout: 1.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert sorted(err.value.problems) == sorted([
+        "intermediate.tasks[1]: 'xnli' is not a task of the intermediate phase (it belongs to: xtreme)",
+        "intermediate.tasks[2]: 'mnli' is listed twice (also at intermediate.tasks[0]); list it once "
+        "(intermediate.sampler sets how often a task is drawn)",
+        "intermediate.train.batch_size: expected an integer, got str '32'",
+        "intermediate.train.warmup: a fraction of the steps in [0, 1), got 2.0",
+        "speed.attention: 'flashy' is not one of 'flash', 'cudnn' (did you mean 'flash'?)",
+        "speed.workers: must be 0 or more, got -2",
+        "model.dropout: a probability in [0, 1), got 1.5",
+    ])
 
 
 def test_semantic_checks_unknown_task_language_and_value(tmp_path):
@@ -51,7 +71,7 @@ def test_semantic_checks_unknown_task_language_and_value(tmp_path):
         load_config(path)
     text = str(err.value)
     assert "intermediate.tasks[0]: unknown task 'mnlii'; did you mean 'mnli'?" in text
-    assert "xtreme.tasks[1]: 'mnli' is not a xtreme task" in text
+    assert "xtreme.tasks[1]: 'mnli' is not a task of the xtreme phase" in text
     assert "xtreme.languages.xnli: 'xx' is not a xnli language" in text
     assert "intermediate.train.epochs: must be positive" in text
     assert "intermediate.train.warmup" in text

@@ -285,8 +285,23 @@ def _to_dataclass(data: Any, cls: type, path: str, errors: list[str]) -> Any:
         if key not in names:
             errors.append(f"{key_path}: unknown key{_suggest(key, names)}")
             continue
-        kwargs[key] = _convert(value, hints[key], key_path, errors)
+        before = len(errors)
+        converted = _convert(value, hints[key], key_path, errors)
+        # A value of the wrong type keeps the field's default, so that the semantic checks can still run
+        # over everything else and the user sees every problem at once. Nested sections keep what was
+        # right in them: their own fields fall back one by one.
+        if len(errors) == before or _holds_sections(hints[key]):
+            kwargs[key] = converted
     return cls(**kwargs)
+
+
+def _holds_sections(tp: Any) -> bool:
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return _holds_sections(inner[0])
+    if typing.get_origin(tp) is dict:
+        return dataclasses.is_dataclass(inner[-1])
+    return dataclasses.is_dataclass(tp)
 
 
 def _suggest(word: Any, options: Any) -> str:
@@ -307,14 +322,21 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
     from .tasks import registry
 
     def check_tasks(names: list[str], key: str, phase: str) -> None:
+        first: dict[str, int] = {}
         for i, name in enumerate(names):
+            if name in first:  # one head and one results row per task: a repeat would train it twice as often
+                errors.append(f"{key}[{i}]: {name!r} is listed twice (also at {key}[{first[name]}]); list it once "
+                              "(intermediate.sampler sets how often a task is drawn)")
+                continue
+            first[name] = i
             try:
                 spec = registry.get_task(name)
             except KeyError as err:
                 errors.append(f"{key}[{i}]: {err.args[0]}")
                 continue
             if phase not in spec.phases:
-                errors.append(f"{key}[{i}]: {name!r} is not a {phase} task (it is one of: {', '.join(spec.phases)})")
+                errors.append(f"{key}[{i}]: {name!r} is not a task of the {phase} phase (it belongs to: "
+                              f"{', '.join(spec.phases)})")
 
     check_tasks(cfg.intermediate.tasks, "intermediate.tasks", "intermediate")
     check_tasks(cfg.xtreme.tasks, "xtreme.tasks", "xtreme")
@@ -489,8 +511,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         data["run_dir"] = os.path.normpath(data["run_dir"])
     errors: list[str] = []
     cfg = _to_dataclass(data, ExperimentConfig, "", errors)
-    if not errors:  # semantic checks assume the types are right
-        _check_values(cfg, errors)
+    _check_values(cfg, errors)  # wrongly typed values were left at their defaults
     if errors:
         raise ConfigError(str(path), errors)
     return cfg
