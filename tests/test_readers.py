@@ -350,6 +350,25 @@ BAD_INPUTS = [
     ("squad_json", "s.json", json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "abc def", "qas": [
         {"id": "q1", "question": "?", "answers": [{"text": "def", "answer_start": 3}]}]}]}]}),
      r"s\.json:data\[0\]\.paragraphs\[0\]\.qas\[0\]: answer 'def' is not at answer_start 3"),
+    # wrongly typed fields: a null where text belongs, a negative offset that would slice from the end
+    ("mnli_jsonl", "m.jsonl", '{"gold_label": "neutral", "pairID": "1", "sentence1": "a", "sentence2": null}\n',
+     r"m\.jsonl:1: field 'sentence2' is null, expected text \(a JSON string\)"),
+    ("anli_jsonl", "a.jsonl", '{"uid": "1", "context": 7, "hypothesis": "h", "label": "e"}\n',
+     r"a\.jsonl:1: field 'context' is a number \(7\), expected text"),
+    ("hellaswag_jsonl", "h.jsonl", '{"ind": 1, "ctx_a": "a", "ctx_b": "b", "endings": ["x", null], "label": 0}\n',
+     r"h\.jsonl:1: 'endings' must be a non-empty list of strings"),
+    ("csqa_jsonl", "c.jsonl", '{"id": "1", "question": "what?"}\n',
+     r"c\.jsonl:1: field 'question' is a string \(\"what\?\"\), expected an object"),
+    ("squad_json", "s.json", json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "abc def", "qas": [
+        {"id": "q1", "question": "?", "answers": None}]}]}]}),
+     r"s\.json:data\[0\]\.paragraphs\[0\]\.qas\[0\]: field 'answers' is null, expected a list"),
+    ("squad_json", "s.json", json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "abc def", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "abc", "answer_start": -7}]}]}]}]}),  # [-7:-4] is "abc"
+     r"s\.json:data\[0\]\.paragraphs\[0\]\.qas\[0\]: answer 'abc' is not at answer_start -7"),
+    ("squad_json", "s.json", json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "abc def", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "def", "answer_start": "4"}]}]}]}]}),
+     r"s\.json:data\[0\]\.paragraphs\[0\]\.qas\[0\]: field 'answer_start' is a string \(\"4\"\), expected an "
+     r"integer"),
     ("squad_json", "s.json", json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": [
         {"id": "q1", "question": "?", "is_impossible": True, "answers": [{"text": "abc", "answer_start": 0}]}]}]}]}),
      r"s\.json:data\[0\]\.paragraphs\[0\]\.qas\[0\]: is_impossible is true"),

@@ -28,8 +28,8 @@ def read_mnli_jsonl(path: Path, lang: str | None = None) -> list[dict]:
         if gold == "-":
             continue  # no annotator majority: MNLI/SNLI leave these out of training and scoring
         label = None if gold is None else _label(gold, NLI_LABELS, path, n)
-        out.append(_pair(str(_get(obj, "pairID", path, n)), _get(obj, "sentence1", path, n),
-                         _get(obj, "sentence2", path, n), label))
+        out.append(_pair(str(_get(obj, "pairID", path, n)), _get(obj, "sentence1", path, n, str),
+                         _get(obj, "sentence2", path, n, str), label))
     return _nonempty(out, path)
 
 
@@ -68,8 +68,8 @@ def read_anli_jsonl(path: Path, lang: str | None = None) -> list[dict]:
         label = _ANLI_LABELS.get(_get(obj, "label", path, n))
         if label is None:
             raise _err(path, n, f"label {obj['label']!r} is not one of ['c', 'e', 'n']", "fix or drop the record")
-        out.append(_pair(str(_get(obj, "uid", path, n)), _get(obj, "context", path, n),
-                         _get(obj, "hypothesis", path, n), label))
+        out.append(_pair(str(_get(obj, "uid", path, n)), _get(obj, "context", path, n, str),
+                         _get(obj, "hypothesis", path, n, str), label))
     return _nonempty(out, path)
 
 

@@ -72,10 +72,29 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         yield n, obj
 
 
-def _get(obj: dict, key: str, path: Path, where: Any) -> Any:
+_KIND_NAMES = {str: "text (a JSON string)", list: "a list", int: "an integer", dict: "an object"}
+
+
+def _get(obj: dict, key: str, path: Path, where: Any, kind: type | None = None) -> Any:
+    """obj[key], which must exist and, given `kind`, be of that type: a null or a number where text
+    belongs would otherwise surface as a crash in the tokenizer, far from the record."""
+    if not isinstance(obj, dict):
+        raise _err(path, where, f"expected an object holding {key!r}, got {_json_type(obj)}",
+                   "use the original file format")
     if key not in obj:
         raise _err(path, where, f"missing field {key!r}", f"the record needs {key!r} (original format)")
-    return obj[key]
+    value = obj[key]
+    if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise _err(path, where, f"field {key!r} is {_json_type(value)}, expected {_KIND_NAMES[kind]}",
+                   "fix or drop the record")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__) + f" ({json.dumps(value)[:40]})"
 
 
 def _label(value: str, allowed, path: Path, where: Any, aliases: dict | None = None) -> str:

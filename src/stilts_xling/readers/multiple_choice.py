@@ -25,10 +25,10 @@ def read_hellaswag_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     """As jiant's hellaswag.py: prompt = ctx_a, choice i = ctx_b + " " + endings[i] (stripped when ctx_b is "")."""
     out = []
     for n, obj in _jsonl(path):
-        ctx_b, endings = _get(obj, "ctx_b", path, n), _get(obj, "endings", path, n)
-        if not isinstance(endings, list) or not endings:
-            raise _err(path, n, "'endings' must be a non-empty list", "use the original HellaSwag jsonl")
-        out.append(_mc(str(_get(obj, "ind", path, n)), _get(obj, "ctx_a", path, n), "",
+        ctx_b, endings = _get(obj, "ctx_b", path, n, str), _get(obj, "endings", path, n, list)
+        if not endings or not all(isinstance(e, str) for e in endings):
+            raise _err(path, n, "'endings' must be a non-empty list of strings", "use the original HellaSwag jsonl")
+        out.append(_mc(str(_get(obj, "ind", path, n)), _get(obj, "ctx_a", path, n, str), "",
                        [f"{ctx_b} {e}".strip() for e in endings], obj.get("label"), path, n))
     return _nonempty(out, path)
 
@@ -37,14 +37,14 @@ def read_csqa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     """CommonsenseQA: question.stem, 5 choices labelled A-E, answerKey -> index (absent in test)."""
     out = []
     for n, obj in _jsonl(path):
-        q = _get(obj, "question", path, n)
-        choices = _get(q, "choices", path, n)
-        keys = [c.get("label") for c in choices]
+        q = _get(obj, "question", path, n, dict)
+        choices = _get(q, "choices", path, n, list)
+        keys = [_get(c, "label", path, n) for c in choices]
         key = obj.get("answerKey") or None
         if key is not None and key not in keys:
             raise _err(path, n, f"answerKey {key!r} is not one of the choice labels {keys}", "fix answerKey")
-        out.append(_mc(str(_get(obj, "id", path, n)), "", _get(q, "stem", path, n),
-                       [_get(c, "text", path, n) for c in choices], None if key is None else keys.index(key),
+        out.append(_mc(str(_get(obj, "id", path, n)), "", _get(q, "stem", path, n, str),
+                       [_get(c, "text", path, n, str) for c in choices], None if key is None else keys.index(key),
                        path, n))
     return _nonempty(out, path)
 
@@ -53,7 +53,8 @@ _COSMOS_FIELDS = ("id", "context", "question", "answer0", "answer1", "answer2", 
 
 
 def _cosmos(row: dict, path: Path, where: Any) -> dict:
-    vals = [_get(row, k, path, where) for k in _COSMOS_FIELDS]
+    vals = [_get(row, k, path, where, str) for k in _COSMOS_FIELDS[1:]]
+    vals.insert(0, str(_get(row, "id", path, where)))
     label = row.get("label")
     return _mc(vals[0], vals[1], vals[2], vals[3:], None if label in (None, "") else label, path, where)
 
@@ -95,11 +96,12 @@ def read_copa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
     idx. ``question`` stays the bare word; the multiple-choice family turns it into a question."""
     out = []
     for n, obj in _jsonl(path):
-        question = _get(obj, "question", path, n)
+        question = _get(obj, "question", path, n, str)
         if question not in _COPA_QUESTIONS:
             raise _err(path, n, f"question {question!r} is not 'cause' or 'effect'", "fix the record")
-        out.append(_mc(str(_get(obj, "idx", path, n)), _get(obj, "premise", path, n), question,
-                       [_get(obj, "choice1", path, n), _get(obj, "choice2", path, n)], obj.get("label"), path, n))
+        out.append(_mc(str(_get(obj, "idx", path, n)), _get(obj, "premise", path, n, str), question,
+                       [_get(obj, "choice1", path, n, str), _get(obj, "choice2", path, n, str)], obj.get("label"),
+                       path, n))
     return _nonempty(out, path)
 
 
@@ -112,8 +114,8 @@ def read_siqa_jsonl(path: Path, lang: str | None = None) -> list[dict]:
         correct = obj.get("correct") or None
         if correct is not None and correct not in "ABC":
             raise _err(path, n, f"'correct' is {correct!r}, not A, B or C", "fix the record")
-        out.append(_mc(str(len(out)), _get(obj, "context", path, n), _get(obj, "question", path, n),
-                       [_get(obj, f"answer{k}", path, n) for k in "ABC"],
+        out.append(_mc(str(len(out)), _get(obj, "context", path, n, str), _get(obj, "question", path, n, str),
+                       [_get(obj, f"answer{k}", path, n, str) for k in "ABC"],
                        None if correct is None else "ABC".index(correct), path, n))
     return _nonempty(out, path)
 

@@ -22,15 +22,16 @@ def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
     """
     doc = load_squad_doc(path)
     out = []
-    for a, art in enumerate(doc["data"]):
-        for p, par in enumerate(_get(art, "paragraphs", path, f"data[{a}]")):
-            context = _get(par, "context", path, f"data[{a}].paragraphs[{p}]")
-            for q, qa in enumerate(_get(par, "qas", path, f"data[{a}].paragraphs[{p}]")):
+    for a, art in enumerate(_get(doc, "data", path, "top level", list)):
+        for p, par in enumerate(_get(art, "paragraphs", path, f"data[{a}]", list)):
+            context = _get(par, "context", path, f"data[{a}].paragraphs[{p}]", str)
+            for q, qa in enumerate(_get(par, "qas", path, f"data[{a}].paragraphs[{p}]", list)):
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 answers = []
-                for ans in _get(qa, "answers", path, where):
-                    text, start = _get(ans, "text", path, where), _get(ans, "answer_start", path, where)
-                    if not isinstance(start, int) or context[start:start + len(text)] != text:
+                for ans in _get(qa, "answers", path, where, list):
+                    text, start = _get(ans, "text", path, where, str), _get(ans, "answer_start", path, where, int)
+                    # a negative start would slice from the end and could match there
+                    if start < 0 or context[start:start + len(text)] != text:
                         raise _err(path, where, f"answer {text!r} is not at answer_start {start!r} of the context",
                                    "answer_start must be the character offset of the answer text")
                     answers.append({"text": text, "answer_start": start})
@@ -40,7 +41,7 @@ def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
                     raise _err(path, where, "is_impossible is true but 'answers' is not empty",
                                "SQuAD v2.0 keeps spans of unanswerable questions in 'plausible_answers'")
                 out.append({"id": str(_get(qa, "id", path, where)), "title": art.get("title", ""),
-                            "context": context, "question": _get(qa, "question", path, where),
+                            "context": context, "question": _get(qa, "question", path, where, str),
                             "answers": answers, "is_impossible": impossible})
     if lang is not None and any(r["id"].split("-")[0] in TYDIQA_LANGS for r in out):
         out = [r for r in out if TYDIQA_LANGS.get(r["id"].split("-")[0]) == lang]
