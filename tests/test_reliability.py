@@ -14,6 +14,8 @@ import torch
 
 from conftest import ASSETS, REPO, SMOKE
 from stilts_xling import checkpoint
+from stilts_xling.config import load_config
+from stilts_xling.files import describe, write_atomic
 from stilts_xling.cache import cache_key
 from stilts_xling.results import append_rows, read_rows, unrecorded
 from stilts_xling.tasks.registry import family_of, get_task
@@ -42,6 +44,27 @@ def test_corrupt_line_names_file_and_line_and_keeps_results(tmp_path, cli):
     assert result.exit_code == 2
     assert f"{train}:7:" in result.output
     assert (run_dir / "results.jsonl").read_text() == before
+
+
+def test_validate_read_data_lists_every_malformed_and_missing_file_at_once(tmp_path, cli):
+    data = copy_assets(tmp_path, "mnli", "xnli")
+    train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
+    lines = train.read_text().splitlines()
+    lines[6] = lines[6][:40]  # a torn JSON line
+    train.write_text("\n".join(lines) + "\n")
+    dev = data / "xnli" / "XNLI-1.0" / "xnli.dev.tsv"
+    rows = dev.read_text().splitlines()
+    rows[2] = rows[2].replace("\tcontradiction\t", "\tmaybe\t").replace("\tentailment\t", "\tmaybe\t") \
+        .replace("\tneutral\t", "\tmaybe\t")
+    dev.write_text("\n".join(rows) + "\n")
+    (data / "mnli" / "multinli_1.0" / "multinli_1.0_dev_matched.jsonl").unlink()
+    over = [f"data_dir={data}", "xtreme.splits=[dev]"]
+    result = cli("validate", SMOKE, *over, "--read-data", "--strict")
+    assert result.exit_code == 1
+    assert "error: 1 data file(s) missing" in result.output and "multinli_1.0_dev_matched.jsonl" in result.output
+    assert "error: 2 data file(s) unreadable" in result.output
+    assert f"{train}:7: invalid JSON" in result.output and f"{dev}:3: label 'maybe'" in result.output
+    assert cli("validate", SMOKE, *over).exit_code == 0  # without --read-data nothing is parsed
 
 
 def test_label_outside_the_label_set(tmp_path, cli):
@@ -103,6 +126,18 @@ def test_changed_config_refuses_with_a_diff_then_new_run_archives(tmp_path, cli)
     assert {r["seed"] for r in read_rows(run_dir / "results.jsonl")} == {2}
 
 
+def test_two_archives_in_the_same_second_keep_both_runs(tmp_path, monkeypatch):
+    from stilts_xling import rundir
+
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20261204-120000")
+    for n in (1, 2):
+        (tmp_path / "results.jsonl").write_text(f"run {n}\n")
+        rundir._archive(tmp_path)
+    archive = tmp_path / "archive"
+    assert sorted(os.listdir(archive)) == ["20261204-120000", "20261204-120000-2"]
+    assert (archive / "20261204-120000-2" / "results.jsonl").read_text() == "run 2\n"
+
+
 def test_a_config_saved_before_new_keys_existed_is_the_same_run(tmp_path, cli):
     """A newer version adds keys at their defaults: the old run dir resumes (same config hash, finished
     results skipped) instead of asking for --new-run; a real change still refuses."""
@@ -142,19 +177,77 @@ def test_a_run_dir_is_locked_against_a_second_run(tmp_path):
         first.close()
 
 
+class FullDisk:
+    """A file that takes `room` bytes and then fails as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt" / "state.pt"
     checkpoint.save(path, {"step": 1})
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full)
+    # torch's zip writer reports a failed write as RuntimeError("unexpected pos ..."), not as the OSError
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: FullDisk(open(*a, **k), 600), raising=False)
     with pytest.raises(checkpoint.CheckpointError, match="the disk is full; the previous checkpoint .* is intact"):
-        checkpoint.save(path, {"step": 2})
+        checkpoint.save(path, {"step": 2, "weights": torch.zeros(10_000)})
     monkeypatch.undo()
     assert checkpoint.load(path) == {"step": 1}
-    assert not path.with_name("state.pt.tmp").exists()
+    assert os.listdir(path.parent) == ["state.pt"]  # no temp file left filling the disk
+
+
+def test_disk_full_while_writing_an_output_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "config.yaml"
+    write_atomic(path, "seed: 1\n")
+    real = Path.write_bytes
+
+    def full(self, data):
+        real(self, data[:3])  # part of it reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError) as err:
+        write_atomic(path, "seed: 2\n")
+    monkeypatch.undo()
+    assert err.value.filename == str(path)
+    assert describe(err.value) == (f"the disk is full while writing {path}; free space and rerun the same command: "
+                                   "finished work (results.jsonl, checkpoints) is kept")
+    assert path.read_text() == "seed: 1\n" and os.listdir(path.parent) == ["config.yaml"]
+
+
+def test_disk_full_while_saving_the_encoder_keeps_the_old_one_and_no_half(tmp_path, monkeypatch):
+    from stilts_xling.model import load_tokenizer, save_encoder, tokenizer_source
+
+    tokenizer = load_tokenizer(tokenizer_source(load_config(SMOKE).model))
+    out = tmp_path / "encoder"
+    out.mkdir()
+    (out / "old").write_text("kept")
+
+    class Encoder:
+        def save_pretrained(self, where, state_dict=None):
+            Path(where).mkdir()
+            (Path(where) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        save_encoder(Encoder(), tokenizer, out)
+    assert "the disk is full while writing " + str(out) in describe(err.value)
+    assert sorted(os.listdir(tmp_path)) == ["encoder"] and (out / "old").read_text() == "kept"
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):

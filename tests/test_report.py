@@ -172,6 +172,19 @@ def test_configs_that_differ_in_a_training_key_are_separate_settings(tmp_path):
     assert cells["mnli [intermediate.train.lr=2e-05]"].values == [70]
 
 
+def test_runs_archived_by_new_run_are_left_out_unless_named(tmp_path):
+    root = tmp_path / "runs"
+    run = write_run(root, "mnli", ["mnli"], 1, {"xnli": {"en": {"accuracy": 70}}})
+    old = write_run(run / "archive", "20261204-120000", ["mnli"], 1, {"xnli": {"en": {"accuracy": 40}}},
+                    extra_config={"train": {"lr": 1e-5}})
+    result = build_report([root], tmp_path / "out", formats=(), plots=False)
+    assert [(row[0], row[1].values) for row in result["tables"]["main"].rows] == [("mnli", [70])]
+    assert f"left out 1 archived run(s) (--new-run moved them aside), e.g. {old}; name one to report it" \
+        in result["notes"]
+    named = build_report([old], tmp_path / "out2", formats=(), plots=False)["tables"]["main"]
+    assert [row[1].values for row in named.rows] == [[40]]
+
+
 def test_missing_matplotlib_is_a_note_not_an_error(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     result = build_report([runs], tmp_path / "out")

@@ -33,6 +33,7 @@ import torch
 from .bench_data import (SHAPES, XLMR_LARGE, XLMR_TINY, Shape, _config, _rows, _spec,  # noqa: F401  (bench.*)
                          synthetic_features)
 from . import into_grad
+from .files import write_atomic
 from .flat_adamw import FlatAdamW
 from .profiling import format_profile, profile_steps
 from .speed import SpeedConfig
@@ -305,8 +306,7 @@ def run_bench(shapes: tuple[str, ...] = ("mnli", "squad", "hellaswag"), steps: i
         report["targets"] = _targets(report) if dev.type == "cuda" else {}
         report["elapsed_s"] = time.perf_counter() - started
         if out_json:
-            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(out_json).write_text(json.dumps(report, indent=1))
+            write_atomic(Path(out_json), json.dumps(report, indent=1))
     return report
 
 

@@ -27,7 +27,14 @@ def save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch's zip writer turns the OSError of a failed write into "unexpected pos ..."
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +44,23 @@ def save(path: Path, state: dict[str, Any]) -> None:
         kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
         raise CheckpointError(f"could not save the checkpoint {path}: {reason}; {kept}. Free space (or fix the "
                               "cause) and rerun the same command to resume.") from None
+
+
+class _Writer:
+    """The file as torch.save sees it, keeping the OSError of a failed write that torch does not pass on."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load(path: Path) -> Optional[dict[str, Any]]:

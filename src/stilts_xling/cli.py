@@ -9,6 +9,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .config import ConfigError, ExperimentConfig, load_config
+from .files import describe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
@@ -38,7 +39,10 @@ def _guard(fn: Callable[[], None]) -> None:
     except TrainingStopped as err:  # a signal or a diverged loss: the checkpoint is safe
         typer.echo(f"stopped: {err}", err=True)
         raise typer.Exit(3)
-    except (ConfigError, DataError, ValueError, OSError) as err:  # OSError: disk full, unreadable files, hub
+    except OSError as err:  # disk full, unreadable files, hub
+        typer.echo(f"error: {describe(err)}", err=True)
+        raise typer.Exit(2)
+    except (ConfigError, DataError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
 
@@ -127,21 +131,34 @@ def run(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES, new_r
 
 @app.command("validate")
 def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
-             strict: bool = typer.Option(False, "--strict", help="missing data files are errors too")) -> None:
-    """Check a config (keys, types, values, task names) and list data files it needs that are missing.
+             strict: bool = typer.Option(False, "--strict", help="missing or unreadable data files are errors too"),
+             read_data: bool = typer.Option(False, "--read-data",
+                                            help="also parse every data file the run loads (minutes on full data)"))\
+        -> None:
+    """Check a config (keys, types, values, task names) and list data files it needs that are missing;
+    with --read-data, also read them all and list every malformed file.
 
-    Example: stilts validate configs/xtreme.yaml data_dir=/data/xtreme --strict
+    Example: stilts validate configs/xtreme.yaml data_dir=/data/xtreme --strict --read-data
     """
-    from .pipeline import check_data
+    from .pipeline import check_data, read_data as read_all
 
     cfg = _load(config, overrides)
     typer.echo(f"{config}: config OK")
-    missing = check_data(cfg, ("intermediate", "xtreme"))
+    phases = ("intermediate", "xtreme")
+    missing = check_data(cfg, phases)
+    level = "error" if strict else "warning"
     if missing:
-        typer.echo(f"{'error' if strict else 'warning'}: {len(missing)} data file(s) missing (a run fails at start "
-                   "until they exist):\n  " + "\n  ".join(missing))
-        if strict:
-            raise typer.Exit(1)
+        typer.echo(f"{level}: {len(missing)} data file(s) missing (a run fails at start until they exist):\n  "
+                   + "\n  ".join(missing))
+    unreadable = []
+    if read_data and cfg.data_source == "hub":
+        typer.echo("note: --read-data reads original files (data_source: files); hub datasets are checked as they load")
+    elif read_data:
+        unreadable = read_all(cfg, phases)
+        typer.echo(f"{level}: {len(unreadable)} data file(s) unreadable (a run stops when it reaches them):\n  "
+                   + "\n  ".join(unreadable) if unreadable else "data files read without problems")
+    if strict and (missing or unreadable):
+        raise typer.Exit(1)
 
 
 @app.command("score")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from . import architectures
 from .config import ModelConfig
+from .files import naming
 from .tasks.base import TaskSpec
 from .tasks.registry import family_of
 
@@ -128,15 +130,15 @@ def save_encoder(encoder: nn.Module, tokenizer: Any, out_dir: Path, state_dict: 
     """Write to a temp folder, then rename, so a crash never leaves half an encoder behind. `state_dict`:
     the encoder's full weights when its own parameters are FSDP shards."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    encoder.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with naming(out_dir):
+            encoder.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of half an encoder
+        raise
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
 

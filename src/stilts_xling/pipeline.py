@@ -7,14 +7,18 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from tqdm.auto import tqdm
+
 from . import metrics, parallel, translated
 from .cache import cached_features
 from .cache import default_dir as default_cache_dir
 from .config import ExperimentConfig, SamplerConfig, TaskOptions, merge_train
 from .data import load_examples, missing_files, subsample
 from .evaluate import evaluate
+from .files import write_atomic
 from .languages import XTREME_R_LANGUAGES
 from .model import MultiTaskModel, load_encoder, load_tokenizer, save_encoder, set_dropout, tokenizer_source
+from .readers import DataError
 from .report import benchmark_languages
 from .rundir import Context
 from .scoring import write_predictions
@@ -26,31 +30,50 @@ from .train import TaskData, train
 log = logging.getLogger(__name__)
 
 
-def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
-    """Every expected-but-missing file for the requested phases, so a run fails at once, not hours in."""
-    problems = []
+def data_needs(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[translated.Need]:
+    """Every (task, split, language, options) the requested phases load, in the order they load them."""
+    needs: list[translated.Need] = []
     if "intermediate" in phases:
         for name in cfg.intermediate.tasks:
             spec, opts = get_task(name), cfg.intermediate.task_options.get(name)
-            problems += (translated.missing_files(spec, cfg, opts) if translated.applies(spec)
-                         else missing_files(spec, "train", "en", cfg, opts))
+            needs += translated.train_needs(spec, opts) if translated.applies(spec) else [(spec, "train", "en", opts)]
             dev_spec = get_task(spec.train_task) if spec.train_task else spec
-            problems += missing_files(dev_spec, dev_spec.dev_split, "en", cfg, None if spec.train_task else opts)
-            for lang in _own_dev_languages(cfg, spec):
-                problems += missing_files(spec, spec.dev_split, lang, cfg, opts)
-            for extra in spec.extra_train:
-                problems += missing_files(get_task(extra), "train", "en", cfg)
+            needs.append((dev_spec, dev_spec.dev_split, "en", None if spec.train_task else opts))
+            needs += [(spec, spec.dev_split, lang, opts) for lang in _own_dev_languages(cfg, spec)]
+            needs += [(get_task(extra), "train", "en", None) for extra in spec.extra_train]
     if "xtreme" in phases:
         for name in cfg.xtreme.tasks:
             spec, opts = get_task(name), cfg.xtreme.task_options.get(name)
             source = get_task(spec.train_task) if spec.train_task else spec
             if family_of(spec).name != "retrieval":
-                for split in ("train", source.dev_split):
-                    problems += missing_files(source, split, "en", cfg, None if spec.train_task else opts)
+                needs += [(source, split, "en", None if spec.train_task else opts)
+                          for split in ("train", source.dev_split)]
             for lang, split in wanted_results(cfg, spec):
-                problems += missing_files(spec, split, lang, cfg, opts)
+                needs.append((spec, split, lang, opts))
                 if split == "test" and spec.family == "retrieval" and spec.files and "dev" in spec.files.splits:
-                    problems += missing_files(spec, "dev", lang, cfg, opts)  # BUCC's threshold comes from dev
+                    needs.append((spec, "dev", lang, opts))  # BUCC's threshold comes from dev
+    return needs
+
+
+def check_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
+    """Every expected-but-missing file for the requested phases, so a run fails at once, not hours in."""
+    return list(dict.fromkeys(p for spec, split, lang, opts in data_needs(cfg, phases)
+                              for p in missing_files(spec, split, lang, cfg, opts)))
+
+
+def read_data(cfg: ExperimentConfig, phases: tuple[str, ...]) -> list[str]:
+    """Parse every present data file the phases load, with the reader a run uses: each malformed file's
+    first problem (file, line, fix), so that a bad record deep in a training file shows up before the
+    run, not hours into it. Missing files are check_data's to report."""
+    unique = {(spec.name, split, lang, id(opts)): (spec, split, lang, opts)
+              for spec, split, lang, opts in data_needs(cfg, phases)}
+    needs = [n for n in unique.values() if not missing_files(*n[:3], cfg, n[3])]
+    problems = []
+    for spec, split, lang, opts in tqdm(needs, desc="reading data", disable=len(needs) < 5):
+        try:
+            load_examples(spec, split, lang, cfg, opts)
+        except (DataError, OSError) as err:  # OSError: a file that cannot be opened (permissions)
+            problems.append(str(err))
     return list(dict.fromkeys(problems))
 
 
@@ -148,8 +171,8 @@ def train_intermediate(ctx: Context) -> Optional[Path]:
     if ctx.accelerator.is_main_process:
         save_encoder(model.encoder, tokenizer, out, encoder_state)
         append_rows(ctx.results, unrecorded(ctx.results, rows))
-        (intermediate_dir(cfg) / "history.json").write_text(json.dumps(result.history, indent=1))
-        done.write_text(json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
+        write_atomic(intermediate_dir(cfg) / "history.json", json.dumps(result.history, indent=1))
+        write_atomic(done, json.dumps({"best_step": result.best_step, "best_score": result.best_score}))
         ckpt.unlink(missing_ok=True)  # the phase is complete; the encoder and rows hold everything
     ctx.accelerator.wait_for_everyone()  # the other ranks load this encoder next
     return out

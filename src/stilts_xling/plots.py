@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .files import naming
+
 MISSING = ("matplotlib is not installed, so no plots were drawn: `pip install matplotlib` "
            "(or pass --no-plots to silence this)")
 
@@ -25,7 +27,8 @@ def _pyplot() -> Any:
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with naming(path):
+        fig.savefig(path, dpi=120)
     plt.close(fig)  # figures stay in pyplot's registry until closed; a big report would pile them up
     return path
 

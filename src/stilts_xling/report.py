@@ -10,6 +10,7 @@ evaluate.py (facts.md 2.3)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from .config import hash_dict
+from .files import write_atomic
 from .languages import XTREME_LANGUAGES, XTREME_R_LANGUAGES, script
 from .metrics import XTREME_R_TASKS, XTREME_TASKS, group_scores, task_average, xtreme_r_score, xtreme_score
 from .results import read_rows
@@ -66,14 +68,29 @@ class Scores:
 # Reading
 
 
-def find_results(run_dirs: list[Path]) -> list[Path]:
+def find_results(run_dirs: list[Path], notes: Optional[list[str]] = None) -> list[Path]:
+    """Every results.jsonl under `run_dirs`, less runs that `--new-run` archived (<run>/archive/<time>/):
+    they were replaced on purpose, and would otherwise turn up as extra settings. Naming an archived run
+    itself reports it."""
     missing = [str(d) for d in run_dirs if not Path(d).exists()]
     if missing:
         raise ValueError(f"no such run dir(s): {', '.join(missing)}")
-    files = [f for d in map(Path, run_dirs) for f in ([d] if d.is_file() else sorted(d.rglob("results.jsonl")))]
+    files, archived = [], []
+    for d in map(Path, run_dirs):
+        for f in [d] if d.is_file() else sorted(d.rglob("results.jsonl")):
+            (archived if _archived(f.relative_to(d) if f != d else Path(f.name), d) else files).append(f)
+    if archived and notes is not None:
+        notes.append(f"left out {len(archived)} archived run(s) (--new-run moved them aside), e.g. "
+                     f"{archived[0].parent}; name one to report it")
     if not files:
         raise ValueError(f"no results.jsonl under {', '.join(map(str, run_dirs))}; run `stilts run CONFIG` first")
     return files
+
+
+def _archived(relative: Path, root: Path) -> bool:
+    """Whether some folder on the way is the `archive/` of a run dir (one holding config.yaml)."""
+    parts = relative.parts[:-1]
+    return any(p == "archive" and (root.joinpath(*parts[:i]) / "config.yaml").is_file() for i, p in enumerate(parts))
 
 
 def load_rows(files: list[Path], notes: list[str]) -> list[tuple[Path, dict]]:
@@ -354,7 +371,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, split: str = "dev", qa_met
     if unknown:
         raise ValueError(f"unknown report format(s) {sorted(unknown)}; choose from md, csv, tex")
     notes: list[str] = []
-    files = find_results([Path(d) for d in run_dirs])
+    files = find_results([Path(d) for d in run_dirs], notes)
     entries = load_rows(files, notes)
     scores = aggregate(entries, split, qa_metric, notes)
     if not scores:
@@ -383,17 +400,18 @@ def build_report(run_dirs: list[Path], out_dir: Path, split: str = "dev", qa_met
         parts += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in written if p.suffix == ".png")] if written else []
         parts += ["## Notes", "", *(f"- {n}" for n in dict.fromkeys(notes))] if notes else []
         written.append(out_dir / "report.md")
-        written[-1].write_text("\n".join(parts) + "\n", encoding="utf-8")
+        write_atomic(written[-1], "\n".join(parts) + "\n")
     if "tex" in formats:
         written.append(out_dir / "report.tex")
-        written[-1].write_text(f"% {header}\n% needs \\usepackage{{booktabs}}\n\n"
-                               + "\n\n".join(to_latex(t, digits) for t in tables) + "\n", encoding="utf-8")
+        write_atomic(written[-1], f"% {header}\n% needs \\usepackage{{booktabs}}\n\n"
+                     + "\n\n".join(to_latex(t, digits) for t in tables) + "\n")
     if "csv" in formats:
         written.append(out_dir / "report.csv")
-        with open(written[-1], "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["setting"])
-            writer.writeheader()
-            writer.writerows(records)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(records[0]) if records else ["setting"])
+        writer.writeheader()
+        writer.writerows(records)
+        write_atomic(written[-1], buffer.getvalue())
         for table in tables:
             written.append(out_dir / f"table_{table.name}.csv")
             write_table_csv(table, written[-1])

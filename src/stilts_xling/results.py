@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
+from .files import naming
 
 
 def versions() -> dict[str, str]:
@@ -34,7 +35,7 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     if not text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    with naming(path), open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             # A torn last line (a crash mid-write) gets its newline first: glued to it, the new first row

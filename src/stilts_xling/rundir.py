@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import itertools
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from . import config as config_mod
 from .config import ExperimentConfig
+from .files import write_atomic
 from .results import versions
 from .tracking import open_tracker
 
@@ -114,7 +116,7 @@ def start(cfg: ExperimentConfig, new_run: bool = False) -> Context:
             _archive(run_dir)
     accelerator.wait_for_everyone()  # every rank compared against the old config before rank 0 replaces it
     if main:
-        saved.write_text(text, encoding="utf-8")
+        write_atomic(saved, text)
     set_seed(cfg.seed)
     return Context(cfg, run_dir, config_mod.config_hash(cfg), accelerator, lock, fsdp)
 
@@ -177,8 +179,14 @@ def _unlock(handle: Any) -> None:
 
 def _archive(run_dir: Path) -> None:
     """Move everything of the previous run (not the lock) into archive/<timestamp>/: nothing is lost."""
-    dest = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir / "archive" / stamp
+    for n in itertools.count(2):  # two --new-run in one second
+        try:
+            dest.mkdir(parents=True)
+            break
+        except FileExistsError:
+            dest = run_dir / "archive" / f"{stamp}-{n}"
     for item in run_dir.iterdir():
         if item.name not in ("archive", ".lock"):
             item.rename(dest / item.name)

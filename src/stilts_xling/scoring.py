@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import metrics
+from .files import write_atomic
 from .readers import READERS, DataError
 from .retrieval import mean_average_precision
 from .tasks.registry import get_task
@@ -82,11 +83,7 @@ def write_predictions(run_dir: Path, task: str, split: str, lang: str, predictio
     """`<run_dir>/predictions/<task>/<split>-<lang>.<ext>`; the test files form XTREME's submission layout."""
     family = get_task(task).family
     path = Path(run_dir) / "predictions" / task / f"{split}-{lang}.{EXTENSION.get(family, 'tsv')}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(_WRITERS[family](predictions, examples), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, _WRITERS[family](predictions, examples))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import ConfigError, ExperimentConfig, config_hash, load_config, read_yaml
+from .files import write_atomic
 
 DONE = "done"
 SBATCH_DEFAULTS = {"gres": "gpu:1", "cpus-per-task": "8", "time": "24:00:00"}
@@ -165,7 +166,7 @@ def _run_local(config: Path, cells: list[dict], devices: list[Optional[str]]) ->
                 code = subprocess.run(_command(config, cell), env=env, stdout=log, stderr=subprocess.STDOUT).returncode
             cell["seconds"] = time.perf_counter() - started
             if code == 0:
-                (run_dir / DONE).write_text(_marker_json(cell), encoding="utf-8")
+                write_atomic(run_dir / DONE, _marker_json(cell))
             cell["status"] = "done" if code == 0 else f"failed (exit {code}; see {run_dir / 'sweep.log'})"
             print(f"[sweep] {cell['name']}: {cell['status']} in {cell['seconds']:.0f} s", flush=True)
         finally:
@@ -184,7 +185,7 @@ def write_sbatch(config: Path, cell: dict, options: dict[str, str], script_dir: 
              # Same marker as a local run, so local and Slurm reruns skip each other's finished cells.
              f"printf '%s' {shlex.quote(_marker_json(cell))} > {shlex.quote(str(run_dir / DONE))}"]
     path = script_dir / f"{cell['name']}.sbatch"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

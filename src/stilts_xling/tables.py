@@ -3,10 +3,13 @@ markdown, LaTeX (booktabs) and CSV renderings. Cell types dispatch through dicts
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from .files import write_atomic
 
 
 @dataclass
@@ -75,12 +78,13 @@ def write_table_csv(table: Table, path: Path) -> None:
     header = [h for col, s in zip(table.columns, has_stat) for h in ([col, f"{col}_std"] if s else [col])]
     to_cells = {Stat: lambda c: [round(c.mean, 6), "" if c.std is None else round(c.std, 6)],
                 Delta: lambda c: [round(c.value, 6)], str: lambda c: [c], type(None): lambda c: [""]}
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in table.rows:
-            cells = []
-            for cell, s in zip(row, has_stat):
-                values = to_cells[type(cell)](cell)
-                cells += values + [""] * (1 + s - len(values))
-            writer.writerow(cells)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in table.rows:
+        cells = []
+        for cell, s in zip(row, has_stat):
+            values = to_cells[type(cell)](cell)
+            cells += values + [""] * (1 + s - len(values))
+        writer.writerow(cells)
+    write_atomic(path, buffer.getvalue())

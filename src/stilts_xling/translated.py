@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .config import ExperimentConfig, TaskOptions
-from .data import load_examples, missing_files as _missing
+from .data import load_examples
 from .tasks.base import TaskSpec
 from .tasks.registry import get_task
 
@@ -61,24 +61,25 @@ def option_problems(spec: TaskSpec, langs: Sequence[str]) -> list[str]:
     return out
 
 
+Need = tuple[TaskSpec, str, str, Optional[TaskOptions]]  # (task, split, language, options) to load
+
+
+def train_needs(spec: TaskSpec, options: Optional[TaskOptions]) -> list[Need]:
+    """What each chosen training language loads: English from the source task's own files (a translated
+    task has no English copy), every other language from the translations."""
+    source = get_task(spec.train_task) if spec.train_task else None
+    return [(source, "train", "en", None) if lang == "en" and source else (spec, "train", lang, options)
+            for lang in languages(spec, options)]
+
+
 def train_examples(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[TaskOptions]) -> list[dict]:
     """Every chosen language's training examples, concatenated in the order configured.
 
     Ids get a "<lang>-" prefix: XNLI-MT rows are numbered per file, so "7" exists in every language."""
-    source = get_task(spec.train_task) if spec.train_task else None
     out: list[dict] = []
-    for lang in languages(spec, options):
-        examples = (load_examples(source, "train", "en", cfg) if lang == "en" and source
-                    else load_examples(spec, "train", lang, cfg, options))
-        out += [{**ex, "id": f"{lang}-{ex['id']}"} for ex in examples]
+    for task, split, lang, opts in train_needs(spec, options):
+        out += [{**ex, "id": f"{lang}-{ex['id']}"} for ex in load_examples(task, split, lang, cfg, opts)]
     return out
 
 
-def missing_files(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[TaskOptions]) -> list[str]:
-    """The absent training files of the chosen languages (for `check_data`), one line each."""
-    source = get_task(spec.train_task) if spec.train_task else None
-    out: list[str] = []
-    for lang in languages(spec, options):
-        out += (_missing(source, "train", "en", cfg) if lang == "en" and source
-                else _missing(spec, "train", lang, cfg, options))
-    return out
+

@@ -21,6 +21,7 @@ import torch
 
 from .. import architectures, retrieval as R
 from ..data import collate, length_grouped_batches, load_examples, task_dir
+from ..files import write_atomic
 from ..languages import ISO639_3, XTREME_LANGUAGES
 from ..readers import DataError, read_bucc, read_tatoeba
 from .base import FileSource, HubSource, TaskSpec
@@ -234,10 +235,7 @@ def _write(ctx: Any, spec: TaskSpec, lang: str, text: str) -> str:
     """<run_dir>/predictions/<task>/test-<lang>.tsv, XTREME's submission layout; written atomically."""
     path = Path(ctx.run_dir) / "predictions" / spec.name / f"test-{lang}.tsv"
     if ctx.accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tsv.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, text)
     return str(path)
 
 
