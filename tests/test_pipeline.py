@@ -107,6 +107,10 @@ def test_missing_data_is_reported_with_path_and_fix(tmp_path, cli):
     assert result.exit_code == 2
     assert "multinli_1.0_train.jsonl" in result.output and "multinli_1.0.zip" in result.output
     assert "xnli.dev.tsv" in result.output
+    # each download hint once, under the files it brings (train and dev of MNLI share one zip)
+    assert result.output.count("multinli_1.0.zip") == 1
+    assert f"  mnli dev: expected {tmp_path / 'nodata'}/mnli/multinli_1.0/multinli_1.0_dev_matched.jsonl\n" \
+           f"    -> download https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip" in result.output
     assert not (tmp_path / "r").exists()  # nothing started
 
 

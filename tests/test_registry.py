@@ -19,6 +19,7 @@ def test_every_spec_is_consistent(name):
     if spec.files:
         assert spec.files.reader in READERS or spec.family == "retrieval"
         assert "{dir}" in spec.files.hint
+        assert "{{" not in spec.files.hint and "}}" not in spec.files.hint  # the hint is not a format string
     if spec.train_task:
         assert get_task(spec.train_task).family == spec.family
     for extra in spec.extra_train:

@@ -65,8 +65,19 @@ def _check_data_or_exit(cfg: ExperimentConfig, phases: tuple[str, ...]) -> None:
     offline = cfg.offline or os.environ.get("HF_HUB_OFFLINE") == "1"
     problems = offline_problems(cfg, phases) if offline else check_data(cfg, phases)
     if problems:
-        typer.echo(f"error: {len(problems)} thing(s) missing:\n  " + "\n  ".join(problems), err=True)
+        typer.echo(f"error: {len(problems)} thing(s) missing:\n{_listing(problems)}", err=True)
         raise typer.Exit(2)
+
+
+def _listing(problems: list[str]) -> str:
+    """One line per problem, each fix ("what; fix") said once under the problems that share it: a full
+    XTREME config lacking its data would otherwise repeat one download hint 134 times."""
+    groups: dict[str, list[str]] = {}
+    for problem in problems:
+        what, _, fix = problem.partition("; ")
+        groups.setdefault(fix, []).append(what if fix else problem)
+    return "\n".join("\n".join(f"  {w}" for w in whats) + (f"\n    -> {fix}" if fix else "")
+                     for fix, whats in groups.items())
 
 
 @app.command("train-intermediate")
@@ -148,8 +159,8 @@ def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
     missing = check_data(cfg, phases)
     level = "error" if strict else "warning"
     if missing:
-        typer.echo(f"{level}: {len(missing)} data file(s) missing (a run fails at start until they exist):\n  "
-                   + "\n  ".join(missing))
+        typer.echo(f"{level}: {len(missing)} data file(s) missing (a run fails at start until they exist):\n"
+                   + _listing(missing))
     unreadable = []
     if read_data and cfg.data_source == "hub":
         typer.echo("note: --read-data reads original files (data_source: files); hub datasets are checked as they load")

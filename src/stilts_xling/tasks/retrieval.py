@@ -294,8 +294,8 @@ FAMILY = RetrievalFamily()
 
 _TATOEBA_HINT = ("download https://github.com/facebookresearch/LASER/tree/main/data/tatoeba/v1 "
                  "(tatoeba.<xxx>-eng.<xxx> and .eng) into {dir}")
-_BUCC_HINT = ("download https://comparable.limsi.fr/bucc2018/bucc2018-<lang>-en.{{sample,training}}-gold.tar.bz2, "
-              "untar them and rename as xtreme's utils_preprocess does (<lang>-en.{{dev,test}}.{{<lang>,en,gold}}) into {dir}")
+_BUCC_HINT = ("download https://comparable.limsi.fr/bucc2018/bucc2018-<lang>-en.{sample,training}-gold.tar.bz2, "
+              "untar them and rename as xtreme's utils_preprocess does (<lang>-en.{dev,test}.{<lang>,en,gold}) into {dir}")
 _TATOEBA_FILES = ("tatoeba.{lang3}-eng.{lang3}", "tatoeba.{lang3}-eng.eng")
 
 TASKS = [
