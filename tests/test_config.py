@@ -63,6 +63,14 @@ def test_type_and_value_problems_in_one_report_without_doubles(tmp_path):
     ])
 
 
+def test_a_mistyped_task_list_does_not_make_its_options_unknown(tmp_path):
+    path = write(tmp_path, "intermediate:\n  tasks: mnli\n  task_options: {mnli: {max_train_examples: 0}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == ["intermediate.tasks: expected a list, got str 'mnli'",
+                                  "intermediate.task_options.mnli.max_train_examples: must be at least 1, got 0"]
+
+
 def test_semantic_checks_unknown_task_language_and_value(tmp_path):
     path = write(tmp_path, "intermediate:\n  tasks: [mnlii]\n  train: {epochs: 0, warmup: 1.5}\n"
                            "xtreme:\n  tasks: [xnli, mnli]\n  languages: {xnli: [en, xx]}\n"

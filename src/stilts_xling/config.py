@@ -338,15 +338,19 @@ def _check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                 errors.append(f"{key}[{i}]: {name!r} is not a task of the {phase} phase (it belongs to: "
                               f"{', '.join(spec.phases)})")
 
+    # A task list of the wrong type fell back to its default: tables keyed by task cannot be checked
+    # against it without naming tasks the user did configure.
+    mistyped = {key for key in ("intermediate.tasks", "xtreme.tasks") if any(e.startswith((f"{key}:", f"{key}["))
+                                                                          for e in errors)}
     check_tasks(cfg.intermediate.tasks, "intermediate.tasks", "intermediate")
     check_tasks(cfg.xtreme.tasks, "xtreme.tasks", "xtreme")
-    for key, table, allowed in [
-        ("intermediate.task_options", cfg.intermediate.task_options, cfg.intermediate.tasks),
-        ("xtreme.task_options", cfg.xtreme.task_options, cfg.xtreme.tasks),
-        ("xtreme.task_overrides", cfg.xtreme.task_overrides, cfg.xtreme.tasks),
-        ("xtreme.languages", cfg.xtreme.languages, cfg.xtreme.tasks),
+    for key, table, allowed, tasks_key in [
+        ("intermediate.task_options", cfg.intermediate.task_options, cfg.intermediate.tasks, "intermediate.tasks"),
+        ("xtreme.task_options", cfg.xtreme.task_options, cfg.xtreme.tasks, "xtreme.tasks"),
+        ("xtreme.task_overrides", cfg.xtreme.task_overrides, cfg.xtreme.tasks, "xtreme.tasks"),
+        ("xtreme.languages", cfg.xtreme.languages, cfg.xtreme.tasks, "xtreme.tasks"),
     ]:
-        for name in table:
+        for name in table if tasks_key not in mistyped else ():
             if name not in allowed:
                 errors.append(f"{key}.{name}: {name!r} is not among the configured tasks{_suggest(name, allowed)}")
     for name, langs in cfg.xtreme.languages.items():
