@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ASSETS, REPO, SMOKE
-from stilts_xling import checkpoint
+from stilts_xling import checkpoint, files
 from stilts_xling.config import load_config
 from stilts_xling.files import describe, write_atomic
 from stilts_xling.cache import cache_key
@@ -214,13 +214,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
 def test_disk_full_while_writing_an_output_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "run" / "config.yaml"
     write_atomic(path, "seed: 1\n")
-    real = Path.write_bytes
-
-    def full(self, data):
-        real(self, data[:3])  # part of it reached the disk
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(files, "open", lambda *a, **k: FullDisk(open(*a, **k), 3), raising=False)
     with pytest.raises(OSError) as err:
         write_atomic(path, "seed: 2\n")
     monkeypatch.undo()

@@ -34,7 +34,10 @@ def write_atomic(path: Path, text: str | bytes) -> Path:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with naming(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())  # a node that dies after the rename must not leave an empty done-marker
         tmp.replace(path)
     return path
 
