@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from stilts_xling.readers import DataError
+from stilts_xling.readers import READERS, DataError
 from stilts_xling.scoring import score_files
 
 
@@ -62,6 +62,20 @@ def test_missing_qa_prediction_counts_as_wrong(tmp_path):
     pred = tmp_path / "p.json"
     pred.write_text(json.dumps({"a": "Paris"}))
     assert score_files("xquad", "en", pred, gold) == {"exact_match": 50.0, "f1": 50.0}
+
+
+def test_qa_gold_is_scored_on_its_answer_texts_as_the_official_scripts_do(tmp_path):
+    # evaluate-v1.1.py reads only ids and answer texts: an off answer_start (here 7, where "Paris" is at 0)
+    # must not stop scoring, though training refuses such a file.
+    doc = {"data": [{"title": "t", "paragraphs": [{"context": "Paris is big.", "qas": [
+        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 7}]}]}]}]}
+    gold = tmp_path / "g.json"
+    gold.write_text(json.dumps(doc))
+    pred = tmp_path / "p.json"
+    pred.write_text(json.dumps({"a": "Paris"}))
+    assert score_files("xquad", "en", pred, gold) == {"exact_match": 100.0, "f1": 100.0}
+    with pytest.raises(DataError, match="is not at answer_start 7"):
+        READERS["squad_json"](gold)
 
 
 def test_tagging_seqeval_entities(tmp_path):

@@ -14,8 +14,10 @@ TYDIQA_LANGS = {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi
                 "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}
 
 
-def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
-    """SQuAD v1.1/v2.0, XQuAD, MLQA, TyDiQA-GoldP json. Offsets are checked against the context.
+def read_squad_json(path: Path, lang: str | None = None, check_offsets: bool = True) -> list[dict]:
+    """SQuAD v1.1/v2.0, XQuAD, MLQA, TyDiQA-GoldP json. Offsets are checked against the context, as
+    training labels come from them; scoring (``check_offsets=False``) reads only the answer texts, as the
+    official evaluate scripts do.
 
     ``lang`` filters TyDiQA files by their id prefix (``english-...`` -> "en"); files without such
     prefixes are single-language (the file name carries the language) and ignore it.
@@ -29,9 +31,10 @@ def read_squad_json(path: Path, lang: str | None = None) -> list[dict]:
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 answers = []
                 for ans in _get(qa, "answers", path, where, list):
-                    text, start = _get(ans, "text", path, where, str), _get(ans, "answer_start", path, where, int)
+                    text = _get(ans, "text", path, where, str)
+                    start = _get(ans, "answer_start", path, where, int) if check_offsets else ans.get("answer_start")
                     # a negative start would slice from the end and could match there
-                    if start < 0 or context[start:start + len(text)] != text:
+                    if check_offsets and (start < 0 or context[start:start + len(text)] != text):
                         raise _err(path, where, f"answer {text!r} is not at answer_start {start!r} of the context",
                                    "answer_start must be the character offset of the answer text")
                     answers.append({"text": text, "answer_start": start})
