@@ -121,6 +121,25 @@ def test_squad_v2_null_score_is_min_over_windows(tok):
     assert decode(tok, {**span, **high}, task="squad_v1") == "window letter"  # v1 never abstains
 
 
+@pytest.mark.parametrize("task", ["squad_v1", "squad_v2"])
+def test_a_span_of_only_a_word_boundary_token_is_passed_over(tok, task):
+    # "apple 北京": the byte-level tokenizer gives a lone "Ġ" with empty offsets before 北 (XLM-R's lone "▁"
+    # spans just the space). Its own span (9 + 9) has no text, so the best span with text wins: from the
+    # "Ġ" start (9) to 北's end (5) = 14, text "北"; SQuAD v2's null comparison is against it: 0 - 14.
+    ex = {"id": "q1", "context": "apple 北京", "question": "doctor", "answers": [{"text": "北京", "answer_start": 6}]}
+    spec = get_task(task)
+    (feat,) = SMALL.featurize(spec, [ex], tok, 64)
+    offsets = feat["offsets"]
+    blank = next(i for i, o in enumerate(offsets) if o is not None and o[0] == o[1])
+    bei = [i for i, o in enumerate(offsets) if o == (6, 7)]
+    assert blank == bei[0] - 1 and len(bei) == 2
+    row = torch.zeros(len(feat["input_ids"]), 2)
+    row[blank] = 9
+    row[bei[0], 0] = row[bei[-1], 1] = 5
+    pred = SMALL.predict(spec, [ex], [feat], [row])["q1"]
+    assert pred == "北" and pred.null_diff == 0 - 14
+
+
 @pytest.mark.parametrize("context,answer", [
     ("北京大学是中国的一所大学。", "中国"), ("北京大学是中国的一所大学。", "北京大学"), ("他在北京大学读书", "读书"),
     ("ذهب الولد إلى المدرسة في الصباح", "المدرسة"), ("ذهب الولد إلى المدرسة في الصباح", "الولد"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ class SpanQAFamily:
             return QAPrediction("", math.inf)
         spans = [(f["window_start"], sum(o is not None for o in f["offsets"])) for f, _ in windows]
         null = min(float(row[0, 0] + row[0, 1]) for _, row in windows)  # CLS start+end, min over windows
-        best: Optional[tuple[float, int, int]] = None
+        candidates: list[tuple[float, int, int]] = []
         for w, (f, row) in enumerate(windows):
             offsets = f["offsets"]
             first = next((j for j, o in enumerate(offsets) if o is not None), None)
@@ -180,15 +180,18 @@ class SpanQAFamily:
                 for e in top_ends:
                     if offsets[e] is None or e < s or e - s + 1 > self.max_answer_length:
                         continue
-                    score = float(row[s, 0] + row[e, 1])
-                    if best is None or score > best[0]:
-                        best = (score, offsets[s][0], offsets[e][1])
+                    candidates.append((float(row[s, 0] + row[e, 1]), offsets[s][0], offsets[e][1]))
+        # The best span with some text: a lone word-boundary token ("▁" / "Ġ") spans only a space or
+        # nothing. transformers' processor likewise takes its best non-empty n-best entry for the null
+        # comparison, and the slow processor xtreme used maps every sub-token to a whole word, never to "".
+        candidates.sort(key=lambda c: c[0], reverse=True)  # stable: ties keep window and token order
+        best = next(((score, text) for score, start, end in candidates
+                     if (text := answer_text(context, start, end))), None)
         if best is None:
             return QAPrediction("", math.inf)
         diff = null - best[0]
         # transformers' null_score_diff_threshold defaults to 0.0.
-        text = "" if with_null and diff > 0.0 else answer_text(context, best[1], best[2])
-        return QAPrediction(text, diff)
+        return QAPrediction("" if with_null and diff > 0.0 else best[1], diff)
 
     # ------------------------------------------------------------------------------- metrics
 
