@@ -13,6 +13,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def refused(path: Path, overrides: list[str] = ()) -> ConfigError:
+    """The error that loading the config raises."""
+    with pytest.raises(ConfigError) as err:
+        load_config(path, list(overrides))
+    return err.value
+
+
 def test_smoke_config_loads_with_types():
     cfg = load_config(SMOKE)
     assert cfg.model.name == "tiny:xlm-roberta"
@@ -31,11 +38,9 @@ def test_three_unknown_top_level_keys_are_all_reported(tmp_path, cli):
 
 
 def test_wrong_types_and_values_name_the_key_path(tmp_path):
-    path = write(tmp_path, "intermediate:\n  tasks: mnli\n  train:\n    lr: fast\n    epochs: -1\n"
-                           "xtreme:\n  splits: [dev, valid]\nseed: one\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    text = str(err.value)
+    err = refused(write(tmp_path, "intermediate:\n  tasks: mnli\n  train:\n    lr: fast\n    epochs: -1\n"
+                                  "xtreme:\n  splits: [dev, valid]\nseed: one\n"))
+    text = str(err)
     assert "intermediate.tasks: expected a list, got str 'mnli'" in text
     assert "intermediate.train.lr: expected a number, got str 'fast'" in text
     assert "xtreme.splits[1]: 'valid' is not one of 'dev', 'test'" in text
@@ -43,15 +48,14 @@ def test_wrong_types_and_values_name_the_key_path(tmp_path):
     # value checks run beside the type checks (every problem at once); a wrongly typed value is
     # reported once, not again by a value check over it
     assert "intermediate.train.epochs: must be positive, got -1.0" in text
-    assert len(err.value.problems) == 5
+    assert len(err.problems) == 5
 
 
 def test_type_and_value_problems_in_one_report_without_doubles(tmp_path):
-    path = write(tmp_path, "intermediate:\n  tasks: [mnli, xnli, mnli]\n  train: {batch_size: '32', warmup: 2.0}\n"
-                           "speed: {attention: flashy, workers: -2}\nmodel: {dropout: 1.5}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert sorted(err.value.problems) == sorted([
+    err = refused(write(tmp_path, "intermediate:\n  tasks: [mnli, xnli, mnli]\n"
+                                  "  train: {batch_size: '32', warmup: 2.0}\n"
+                                  "speed: {attention: flashy, workers: -2}\nmodel: {dropout: 1.5}\n"))
+    assert sorted(err.problems) == sorted([
         "intermediate.tasks[1]: 'xnli' is not a task of the intermediate phase (it belongs to: xtreme)",
         "intermediate.tasks[2]: 'mnli' is listed twice (also at intermediate.tasks[0]); list it once "
         "(intermediate.sampler sets how often a task is drawn)",
@@ -64,20 +68,16 @@ def test_type_and_value_problems_in_one_report_without_doubles(tmp_path):
 
 
 def test_a_mistyped_task_list_does_not_make_its_options_unknown(tmp_path):
-    path = write(tmp_path, "intermediate:\n  tasks: mnli\n  task_options: {mnli: {max_train_examples: 0}}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert err.value.problems == ["intermediate.tasks: expected a list, got str 'mnli'",
+    err = refused(write(tmp_path, "intermediate:\n  tasks: mnli\n  task_options: {mnli: {max_train_examples: 0}}\n"))
+    assert err.problems == ["intermediate.tasks: expected a list, got str 'mnli'",
                                   "intermediate.task_options.mnli.max_train_examples: must be at least 1, got 0"]
 
 
 def test_semantic_checks_unknown_task_language_and_value(tmp_path):
-    path = write(tmp_path, "intermediate:\n  tasks: [mnlii]\n  train: {epochs: 0, warmup: 1.5}\n"
-                           "xtreme:\n  tasks: [xnli, mnli]\n  languages: {xnli: [en, xx]}\n"
-                           "model: {name: 'tiny:xlm-robertaa'}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    text = str(err.value)
+    err = refused(write(tmp_path, "intermediate:\n  tasks: [mnlii]\n  train: {epochs: 0, warmup: 1.5}\n"
+                                  "xtreme:\n  tasks: [xnli, mnli]\n  languages: {xnli: [en, xx]}\n"
+                                  "model: {name: 'tiny:xlm-robertaa'}\n"))
+    text = str(err)
     assert "intermediate.tasks[0]: unknown task 'mnlii'; did you mean 'mnli'?" in text
     assert "xtreme.tasks[1]: 'mnli' is not a task of the xtreme phase" in text
     assert "xtreme.languages.xnli: 'xx' is not a xnli language" in text
@@ -87,12 +87,11 @@ def test_semantic_checks_unknown_task_language_and_value(tmp_path):
 
 
 def test_numbers_that_would_fail_at_run_time_are_config_errors():
-    with pytest.raises(ConfigError) as err:
-        load_config(SMOKE, ["intermediate.train.epochs=.inf", "intermediate.train.patience=-1",
-                            "intermediate.train.max_length=3", "intermediate.train.eval_subset=-3",
-                            "intermediate.sampler={kind: temperature, temperature: 0}",
-                            "intermediate.task_options={mnli: {max_train_examples: 0}}"])
-    text = str(err.value)
+    err = refused(SMOKE, ["intermediate.train.epochs=.inf", "intermediate.train.patience=-1",
+                          "intermediate.train.max_length=3", "intermediate.train.eval_subset=-3",
+                          "intermediate.sampler={kind: temperature, temperature: 0}",
+                          "intermediate.task_options={mnli: {max_train_examples: 0}}"])
+    text = str(err)
     assert "6 problem(s)" in text
     for line in ("intermediate.train.epochs: must be a finite number, got inf",
                  "intermediate.train.patience: must be 0 or more, got -1",
@@ -104,11 +103,9 @@ def test_numbers_that_would_fail_at_run_time_are_config_errors():
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
-    path = write(tmp_path, "seed: 1\nmodel:\n  name: [unclosed\nrun_dir: x\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert "malformed YAML at line" in str(err.value)
-    assert str(path) in str(err.value)
+    err = refused(write(tmp_path, "seed: 1\nmodel:\n  name: [unclosed\nrun_dir: x\n"))
+    assert "malformed YAML at line" in str(err)
+    assert str(tmp_path / "c.yaml") in str(err)
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
@@ -120,9 +117,8 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
 def test_overrides_apply_and_are_checked():
     cfg = load_config(SMOKE, ["seed=7", "intermediate.train.lr=2e-5", "xtreme.tasks=[xnli]"])
     assert cfg.seed == 7 and cfg.intermediate.train.lr == 2e-5
-    with pytest.raises(ConfigError) as err:
-        load_config(SMOKE, ["intermediate.trian.lr=1"])
-    assert "intermediate.trian: unknown key (did you mean 'train'?)" in str(err.value)
+    err = refused(SMOKE, ["intermediate.trian.lr=1"])
+    assert "intermediate.trian: unknown key (did you mean 'train'?)" in str(err)
     with pytest.raises(ConfigError):
         load_config(SMOKE, ["seed"])
 
@@ -130,18 +126,16 @@ def test_overrides_apply_and_are_checked():
 def test_distributed_strategy_is_checked_with_the_speed_options_fsdp_cannot_run():
     assert load_config(SMOKE).distributed.strategy == "auto"
     assert load_config(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true"]).distributed.strategy == "fsdp"
-    with pytest.raises(ConfigError) as err:
-        load_config(SMOKE, ["distributed.strategy=fsdb", "distributed.stratgy=ddp"])
-    assert "distributed.strategy: 'fsdb' is not one of 'auto', 'ddp', 'fsdp' (did you mean 'fsdp'?)" in str(err.value)
-    assert "distributed.stratgy: unknown key (did you mean 'strategy'?)" in str(err.value)
-    with pytest.raises(ConfigError) as err:
-        load_config(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true", "speed.cuda_graphs=true",
-                            "speed.compile=true", "speed.token_budget=4096", "speed.flat_adamw=true"])
-    assert len(err.value.problems) == 4
+    err = refused(SMOKE, ["distributed.strategy=fsdb", "distributed.stratgy=ddp"])
+    assert "distributed.strategy: 'fsdb' is not one of 'auto', 'ddp', 'fsdp' (did you mean 'fsdp'?)" in str(err)
+    assert "distributed.stratgy: unknown key (did you mean 'strategy'?)" in str(err)
+    err = refused(SMOKE, ["distributed.strategy=fsdp", "speed.unpadded=true", "speed.cuda_graphs=true",
+                          "speed.compile=true", "speed.token_budget=4096", "speed.flat_adamw=true"])
+    assert len(err.problems) == 4
     for key, default in [("cuda_graphs", "false"), ("compile", "false"), ("token_budget", "null"),
                          ("flat_adamw", "false")]:
-        assert f"speed.{key}: cannot be combined with FSDP" in str(err.value)
-        assert f"set speed.{key}: {default}" in str(err.value)
+        assert f"speed.{key}: cannot be combined with FSDP" in str(err)
+        assert f"set speed.{key}: {default}" in str(err)
     assert load_config(SMOKE, ["distributed.strategy=ddp", "speed.compile=true"]).speed.compile  # DDP: fine
 
 
