@@ -96,16 +96,18 @@ def test_languages_are_concatenated_from_the_option():
     assert examples[60]["text"] == "河水流过老磨坊，从石桥下穿过。"
     # Default: every XTREME language, each a file that the fixtures mostly lack.
     assert translated.languages(MLM, None) == MLM_LANGUAGES and len(MLM_LANGUAGES) == 40
-    missing = translated.missing_files(MLM, CFG, None)
-    assert len(missing) == 37 and missing[0].startswith("mlm train [af]: expected ")
-    # A run checks the chosen languages' dev files too, before training starts.
     from stilts_xling.config import ExperimentConfig, IntermediateConfig, TaskOptions
     from stilts_xling.pipeline import check_data
 
-    cfg = ExperimentConfig(data_dir=str(ASSETS), intermediate=IntermediateConfig(
-        tasks=["mlm"], task_options={"mlm": TaskOptions(languages=["en", "de", "ko"])}))
-    problems = check_data(cfg, ("intermediate",))
-    assert [p.split(":")[0] for p in problems] == ["mlm train [ko]", "mlm dev [ko]"], problems
+    def problems(languages):
+        cfg = ExperimentConfig(data_dir=str(ASSETS), intermediate=IntermediateConfig(
+            tasks=["mlm"], task_options={"mlm": TaskOptions(languages=languages)}))
+        return check_data(cfg, ("intermediate",))
+
+    train = [p for p in problems(None) if p.startswith("mlm train")]
+    assert len(train) == 37 and train[0].startswith("mlm train [af]: expected ")
+    # A run checks the chosen languages' dev files too, before training starts.
+    assert [p.split(":")[0] for p in problems(["en", "de", "ko"])] == ["mlm train [ko]", "mlm dev [ko]"]
 
 
 def test_config_checks_mlm_languages(tmp_path):

@@ -80,12 +80,24 @@ def test_english_means_the_original_task():
 
 
 def test_missing_files_lists_each_language(tmp_path):
-    cfg = ExperimentConfig(data_dir=str(tmp_path))
-    missing = translated.missing_files(MNLI_MT, cfg, opts("en", "de"))
-    assert len(missing) == 2
-    assert "multinli_1.0_train.jsonl" in missing[0]  # English: MNLI's own file
-    assert missing[1].startswith("mnli_mt train [de]: expected ") and "XNLI-MT-1.0.zip" in missing[1]
-    assert translated.missing_files(MNLI_MT, CFG, opts("de", "zh")) == []
+    from stilts_xling.config import IntermediateConfig
+    from stilts_xling.pipeline import check_data
+
+    chosen = opts("en", "de")
+    # English comes from MNLI's own file (there is no English translation), German from XNLI-MT
+    assert translated.train_needs(MNLI_MT, chosen) == [(get_task("mnli"), "train", "en", None),
+                                                       (MNLI_MT, "train", "de", chosen)]
+
+    def missing(data_dir, langs):
+        cfg = ExperimentConfig(data_dir=str(data_dir), intermediate=IntermediateConfig(
+            tasks=["mnli_mt"], task_options={"mnli_mt": TaskOptions(languages=list(langs))}))
+        return [p for p in check_data(cfg, ("intermediate",)) if " train" in p.split(":")[0]]
+
+    lines = missing(tmp_path, ["en", "de"])
+    assert len(lines) == 2
+    assert "multinli_1.0_train.jsonl" in lines[0]
+    assert lines[1].startswith("mnli_mt train [de]: expected ") and "XNLI-MT-1.0.zip" in lines[1]
+    assert missing(ASSETS, ["de", "zh"]) == []
 
 
 def test_task_data_dir_option_points_at_the_translations(tmp_path):
