@@ -19,6 +19,7 @@ from typing import Any
 
 from . import config as config_mod
 from .config import ExperimentConfig
+from .config_checks import fsdp_problems
 from .files import write_atomic
 from .results import versions
 from .tracking import open_tracker
@@ -145,7 +146,7 @@ def _use_fsdp(cfg: ExperimentConfig, launched_fsdp: bool) -> bool:
         strategy = "fsdp"
     if strategy != "fsdp":
         return False
-    problems = config_mod.fsdp_problems(cfg)
+    problems = fsdp_problems(cfg)
     if problems:  # load_config refuses these for strategy fsdp; here they meet --use_fsdp
         raise ValueError("FSDP cannot run with these speed options:\n  " + "\n  ".join(problems))
     if not (dist.is_available() and dist.is_initialized()):
