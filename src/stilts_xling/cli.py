@@ -166,8 +166,8 @@ def validate(config: Path = CONFIG, overrides: Optional[List[str]] = OVERRIDES,
         typer.echo("note: --read-data reads original files (data_source: files); hub datasets are checked as they load")
     elif read_data:
         unreadable = read_all(cfg, phases)
-        typer.echo(f"{level}: {len(unreadable)} data file(s) unreadable (a run stops when it reaches them):\n  "
-                   + "\n  ".join(unreadable) if unreadable else "data files read without problems")
+        typer.echo(f"{level}: {len(unreadable)} data file(s) unreadable (a run stops when it reaches them):\n"
+                   f"{_listing(unreadable)}" if unreadable else "data files read without problems")
     if strict and (missing or unreadable):
         raise typer.Exit(1)
 

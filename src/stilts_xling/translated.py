@@ -80,6 +80,3 @@ def train_examples(spec: TaskSpec, cfg: ExperimentConfig, options: Optional[Task
     for task, split, lang, opts in train_needs(spec, options):
         out += [{**ex, "id": f"{lang}-{ex['id']}"} for ex in load_examples(task, split, lang, cfg, opts)]
     return out
-
-
-
