@@ -78,7 +78,7 @@ def find_results(run_dirs: list[Path], notes: Optional[list[str]] = None) -> lis
     files, archived = [], []
     for d in map(Path, run_dirs):
         for f in [d] if d.is_file() else sorted(d.rglob("results.jsonl")):
-            (archived if _archived(f.relative_to(d) if f != d else Path(f.name), d) else files).append(f)
+            (archived if _archived(f, d) else files).append(f)
     if archived and notes is not None:
         notes.append(f"left out {len(archived)} archived run(s) (--new-run moved them aside), e.g. "
                      f"{archived[0].parent}; name one to report it")
@@ -87,9 +87,10 @@ def find_results(run_dirs: list[Path], notes: Optional[list[str]] = None) -> lis
     return files
 
 
-def _archived(relative: Path, root: Path) -> bool:
-    """Whether some folder on the way is the `archive/` of a run dir (one holding config.yaml)."""
-    parts = relative.parts[:-1]
+def _archived(path: Path, root: Path) -> bool:
+    """Whether a folder between `root` and the file `path` is the `archive/` of a run dir (one holding
+    config.yaml)."""
+    parts = path.parent.relative_to(root).parts if path != root else ()
     return any(p == "archive" and (root.joinpath(*parts[:i]) / "config.yaml").is_file() for i, p in enumerate(parts))
 
 
