@@ -20,6 +20,10 @@ def test_every_spec_is_consistent(name):
         assert spec.files.reader in READERS or spec.family == "retrieval"
         assert "{dir}" in spec.files.hint
         assert "{{" not in spec.files.hint and "}}" not in spec.files.hint  # the hint is not a format string
+    if spec.family == "tagging":
+        from stilts_xling.tasks.tagging import _TAG_PIECE
+
+        assert spec.tag_piece in _TAG_PIECE
     if spec.train_task:
         assert get_task(spec.train_task).family == spec.family
     for extra in spec.extra_train:

@@ -2,6 +2,7 @@
 prediction, scores, the CCG tag set from training data, specs, real samples, and the CLI end to end.
 
 Expected values are written out by hand in the comments."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_labels_sit_on_each_words_first_sub_token(tok):
     bounds = f["first_tokens"] + [len(f["input_ids"]) - 1]
     for word, a, b in zip(WORDS, bounds, bounds[1:]):
         assert tok.decode(f["input_ids"][a:b]).strip() == word  # the pieces of a word are its own
+
+
+def test_ccg_tags_the_first_sub_token_that_holds_text_as_jiant_aligns_it(tok):
+    # Pieces: Ġ H el l o | Ġ u n bel ... | Ġ åĮ Ĺ ... (11) | ĠØ§ÙĦØ· Ø§ÙĦ Ø¨ | Ġ ,  -- a lone "Ġ" (XLM-R's lone
+    # "▁") decodes to a space, so jiant's CCG alignment tags the piece after it; the Arabic word's first
+    # piece holds text itself. UD-POS/PAN-X keep the first piece (XTREME run_tag, jiant udpos).
+    words = WORDS + [","]
+    ccg = dataclasses.replace(get_task("ccg"), labels=("A", "B"))
+    (f,) = FAMILY.featurize(ccg, [{"id": "s", "tokens": words, "tags": ["A", "B", "A", "B", "A"]}], tok, 256)
+    assert f["first_tokens"] == [2, 7, 17, 27, 31]
+    assert [f["labels"][p] for p in f["first_tokens"]] == [0, 1, 0, 1, 0] and sum(x != -100 for x in f["labels"]) == 5
+    assert [tok.convert_ids_to_tokens(f["input_ids"][p]) for p in f["first_tokens"]][::4] == ["H", ","]
+    (g,) = FAMILY.featurize(PANX, [{"id": "s", "tokens": words, "tags": TAGS + ["O"]}], tok, 256)
+    assert g["first_tokens"] == [1, 6, 16, 27, 30]
 
 
 def test_long_sentences_are_split_into_windows_not_truncated(tok):

@@ -70,6 +70,10 @@ class TaskSpec:
     extra_train: tuple[str, ...] = ()
     # The label set is built from the training data (CCG supertags): the family's fit_labels(spec, examples).
     labels_from_train: bool = False
+    # Tagging: which sub-token of a word carries its tag. "first" (XTREME run_tag, jiant udpos/panx), or
+    # "first_with_text", jiant's CCG alignment: a word's lone word-boundary token (XLM-R's "▁" before ",")
+    # holds no characters, so the tag goes on the next sub-token.
+    tag_piece: str = "first"
     # Splits some languages lack (UD has no dev data for kk, th, tl, yo): split -> languages.
     missing_splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     group: str = ""  # XTREME group: classification, structured prediction, qa, retrieval

@@ -1,8 +1,9 @@
-"""Token tagging (POS, NER, CCG supertags): one tag per word, read off the word's first sub-token.
+"""Token tagging (POS, NER, CCG supertags): one tag per word, read off one sub-token of the word.
 
 Features: words are tokenized with `is_split_into_words=True`; the first sub-token of each word carries
 its tag id and every other position -100 (jiant `label_mask`, XTREME `run_tag`), so the loss and the
-prediction see each word exactly once.
+prediction see each word exactly once. CCG, as jiant aligns it, uses the first sub-token that holds text
+(`TaskSpec.tag_piece`).
 
 Long sentences are split, never truncated, as XTREME's preprocessing does (`utils_preprocess.py`
 `_preprocess_one_file`): consecutive words fill a window until the next word would pass max_length, and
@@ -45,6 +46,23 @@ _SCORERS = {
 }
 
 
+def _first_with_text(tokenizer: Any):
+    """pieces -> index of the first piece that decodes to some text, else 0 (jiant's CCG alignment)."""
+    blank: dict[int, bool] = {}
+
+    def is_blank(token_id: int) -> bool:
+        if token_id not in blank:
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            blank[token_id] = not tokenizer.convert_tokens_to_string([token]).strip()
+        return blank[token_id]
+
+    return lambda pieces: next((k for k, p in enumerate(pieces) if not is_blank(p)), 0)
+
+
+# TaskSpec.tag_piece -> (tokenizer -> (a word's sub-token ids -> the index of the one carrying its tag))
+_TAG_PIECE = {"first": lambda tokenizer: lambda pieces: 0, "first_with_text": _first_with_text}
+
+
 class TaggingFamily:
     name = "tagging"
 
@@ -75,6 +93,7 @@ class TaggingFamily:
         if room < 1:
             raise ValueError(f"max_length {max_length} leaves no room for words after the special tokens")
         encoded = tokenizer([ex["tokens"] for ex in examples], is_split_into_words=True, add_special_tokens=False)
+        tagged = _TAG_PIECE[spec.tag_piece](tokenizer)
         features = []
         for i, ex in enumerate(examples):
             pieces: list[list[int]] = [[] for _ in ex["tokens"]]
@@ -85,8 +104,10 @@ class TaggingFamily:
             for start, end in _windows([len(p) for p in pieces], room):
                 ids, labels, firsts = list(prefix), [-100] * len(prefix), []
                 for w in range(start, end):
-                    firsts.append(len(ids))
-                    labels += [tag_ids.get(tags[w], -100) if tags else -100] + [-100] * (len(pieces[w]) - 1)
+                    k = tagged(pieces[w])
+                    firsts.append(len(ids) + k)
+                    labels += [-100] * k + [tag_ids.get(tags[w], -100) if tags else -100]
+                    labels += [-100] * (len(pieces[w]) - k - 1)
                     ids += pieces[w]
                 features.append({"input_ids": ids + suffix, "labels": labels + [-100] * len(suffix),
                                  "first_tokens": firsts, "word_offset": start, "num_words": end - start,
@@ -161,6 +182,7 @@ TASKS = [
         name="ccg", family="tagging", phases=("intermediate",), metric="accuracy", scorer="token_accuracy",
         description="CCGbank supertagging; tag set = the training file's supertags",
         labels=(), labels_from_train=True,  # the pipeline calls TaggingFamily.fit_labels on the train split
+        tag_piece="first_with_text",  # jiant ccg.py maps each word to the sub-token holding its first character
         files=FileSource(folder="ccg", reader="ccg_tsv", splits={"train": "train.tsv", "dev": "dev.tsv"},
                          hint="CCGbank (LDC2005T13) is licensed by the LDC and cannot be downloaded here: convert "
                               "it yourself to one sentence per line, 'tokens<TAB>supertags' (both space-separated, "
