@@ -60,8 +60,10 @@ def test_sampler_probabilities_hand_computed():
 
 def test_total_steps_follow_jiant():
     sizes, epochs, batch = {"a": 900, "b": 100}, {"a": 2, "b": 3}, {"a": 32, "b": 16}
-    # ceil(2*900/32)=57 + ceil(3*100/16)=19
-    assert total_steps(sizes, epochs, batch, SamplerConfig()) == 76
-    # capped at 300: ceil(2*300/32)=19 + 19
-    assert total_steps(sizes, epochs, batch, SamplerConfig(kind="capped", cap=300)) == 38
+    # whole batches per epoch, as jiant's configurators: 2*ceil(900/32) = 2*29 = 58 + 3*ceil(100/16) = 3*7 = 21
+    assert total_steps(sizes, epochs, batch, SamplerConfig()) == 79
+    # capped at 300: 2*ceil(300/32) = 2*10 = 20 + 21
+    assert total_steps(sizes, epochs, batch, SamplerConfig(kind="capped", cap=300)) == 41
     assert total_steps(sizes, epochs, batch, SamplerConfig(), max_steps=10) == 10
+    # a fractional epoch count: ceil(0.5 * ceil(900/32)) = ceil(14.5) = 15
+    assert total_steps({"a": 900}, {"a": 0.5}, {"a": 32}, SamplerConfig()) == 15

@@ -26,7 +26,9 @@ def task_probabilities(sizes: dict[str, int], cfg: SamplerConfig) -> dict[str, f
 
 def total_steps(sizes: dict[str, int], epochs: dict[str, float], batch: dict[str, int], cfg: SamplerConfig,
                 max_steps: Optional[int] = None) -> int:
-    """Σ_task ceil(epochs * n / batch), with n capped for the capped/temperature samplers (jiant)."""
+    """Σ_task epochs * ceil(n / batch), with n capped for the capped/temperature samplers: jiant's
+    SimpleAPIMultiTaskConfigurator (and its single-task configurator) count whole batches per epoch.
+    A fractional epoch count rounds up to a whole step."""
     cap = cfg.cap if cfg.kind in ("capped", "temperature") else None
-    steps = sum(math.ceil(epochs[t] * (min(n, cap) if cap else n) / batch[t]) for t, n in sizes.items())
+    steps = sum(math.ceil(epochs[t] * math.ceil((min(n, cap) if cap else n) / batch[t])) for t, n in sizes.items())
     return min(steps, max_steps) if max_steps else max(steps, 1)
