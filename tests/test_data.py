@@ -58,6 +58,27 @@ def test_sampler_probabilities_hand_computed():
         {"a": 0.75, "b": 0.25})
 
 
+def test_lr_schedule_is_transformers_linear_warmup_and_decay():
+    # warmup 3 of 10 steps: 0, 1/3, 2/3, then 1 at step 3, decaying by 1/7 a step (transformers, jiant).
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from stilts_xling.train import _linear_schedule
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda opt: _linear_schedule(opt, 3, 10))
+    assert ours == pytest.approx([0, 1 / 3, 2 / 3, 1, 6 / 7, 5 / 7, 4 / 7, 3 / 7, 2 / 7, 1 / 7])
+    assert ours == lrs(lambda opt: get_linear_schedule_with_warmup(opt, 3, 10))
+
+
 def test_total_steps_follow_jiant():
     sizes, epochs, batch = {"a": 900, "b": 100}, {"a": 2, "b": 3}, {"a": 32, "b": 16}
     # whole batches per epoch, as jiant's configurators: 2*ceil(900/32) = 2*29 = 58 + 3*ceil(100/16) = 3*7 = 21

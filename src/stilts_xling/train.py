@@ -153,9 +153,11 @@ def up_to_date(optimizer: Any) -> None:
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    # transformers' get_linear_schedule_with_warmup, which jiant and the Trainer use: with warmup the
+    # first step runs at lr 0, and the peak comes at step `warmup`.
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / max(1, warmup)
+            return step / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
