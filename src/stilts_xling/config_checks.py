@@ -84,7 +84,7 @@ def check_values(cfg: ExperimentConfig, errors: list[str]) -> None:
                        *((f"xtreme.task_overrides.{k}", v) for k, v in cfg.xtreme.task_overrides.items())]:
         for fname in ("epochs", "lr", "batch_size", "micro_batch_size", "max_length", "max_steps"):
             value = getattr(train, fname)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            if _number(value) and value <= 0:
                 errors.append(f"{key}.{fname}: must be positive, got {value}")
         for fname in ("weight_decay", "max_grad_norm", "eval_every", "eval_subset", "patience", "checkpoint_every"):
             value = getattr(train, fname)

@@ -53,10 +53,10 @@ _COSMOS_FIELDS = ("id", "context", "question", "answer0", "answer1", "answer2", 
 
 
 def _cosmos(row: dict, path: Path, where: Any) -> dict:
-    vals = [_get(row, k, path, where, str) for k in _COSMOS_FIELDS[1:]]
-    vals.insert(0, str(_get(row, "id", path, where)))
+    id_ = str(_get(row, "id", path, where))
+    context, question, *choices = (_get(row, k, path, where, str) for k in _COSMOS_FIELDS[1:])
     label = row.get("label")
-    return _mc(vals[0], vals[1], vals[2], vals[3:], None if label in (None, "") else label, path, where)
+    return _mc(id_, context, question, choices, None if label in (None, "") else label, path, where)
 
 
 def read_cosmosqa_csv(path: Path, lang: str | None = None) -> list[dict]:
