@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,13 @@ QUICK = ["intermediate.train.max_steps=6", "xtreme.train.max_steps=6", "xtreme.l
          "xtreme.splits=[dev]"]
 
 
+def edit_line(path: Path, index: int, change) -> None:
+    """Rewrite line `index` (0-based) of `path` as change(line)."""
+    lines = path.read_text().splitlines()
+    lines[index] = change(lines[index])
+    path.write_text("\n".join(lines) + "\n")
+
+
 def copy_assets(tmp_path: Path, *names: str) -> Path:
     root = tmp_path / "data"
     for name in names:
@@ -37,9 +45,7 @@ def test_corrupt_line_names_file_and_line_and_keeps_results(tmp_path, cli):
     before = (run_dir / "results.jsonl").read_text()
     data = copy_assets(tmp_path, "mnli", "xnli")
     train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
-    lines = train.read_text().splitlines()
-    lines[6] = lines[6][:40]  # a torn JSON line
-    train.write_text("\n".join(lines) + "\n")
+    edit_line(train, 6, lambda line: line[:40])  # a torn JSON line
     result = cli("run", SMOKE, f"run_dir={tmp_path / 'run2'}", f"data_dir={data}", *QUICK)
     assert result.exit_code == 2
     assert f"{train}:7:" in result.output
@@ -49,14 +55,9 @@ def test_corrupt_line_names_file_and_line_and_keeps_results(tmp_path, cli):
 def test_validate_read_data_lists_every_malformed_and_missing_file_at_once(tmp_path, cli):
     data = copy_assets(tmp_path, "mnli", "xnli")
     train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
-    lines = train.read_text().splitlines()
-    lines[6] = lines[6][:40]  # a torn JSON line
-    train.write_text("\n".join(lines) + "\n")
+    edit_line(train, 6, lambda line: line[:40])  # a torn JSON line
     dev = data / "xnli" / "XNLI-1.0" / "xnli.dev.tsv"
-    rows = dev.read_text().splitlines()
-    rows[2] = rows[2].replace("\tcontradiction\t", "\tmaybe\t").replace("\tentailment\t", "\tmaybe\t") \
-        .replace("\tneutral\t", "\tmaybe\t")
-    dev.write_text("\n".join(rows) + "\n")
+    edit_line(dev, 2, lambda row: re.sub(r"\t(contradiction|entailment|neutral)\t", "\tmaybe\t", row))
     (data / "mnli" / "multinli_1.0" / "multinli_1.0_dev_matched.jsonl").unlink()
     over = [f"data_dir={data}", "xtreme.splits=[dev]"]
     result = cli("validate", SMOKE, *over, "--read-data", "--strict")
@@ -70,11 +71,7 @@ def test_validate_read_data_lists_every_malformed_and_missing_file_at_once(tmp_p
 def test_label_outside_the_label_set(tmp_path, cli):
     data = copy_assets(tmp_path, "mnli", "xnli")
     train = data / "mnli" / "multinli_1.0" / "multinli_1.0_train.jsonl"
-    lines = train.read_text().splitlines()
-    record = json.loads(lines[2])
-    record["gold_label"] = "entails"
-    lines[2] = json.dumps(record)
-    train.write_text("\n".join(lines) + "\n")
+    edit_line(train, 2, lambda line: json.dumps({**json.loads(line), "gold_label": "entails"}))
     result = cli("train-intermediate", SMOKE, f"run_dir={tmp_path / 'r'}", f"data_dir={data}", *QUICK)
     assert result.exit_code == 2 and f"{train}:3:" in result.output and "entails" in result.output
 
